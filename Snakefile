@@ -1,0 +1,38 @@
+# Incrementally maintained HATS light-curve collection from the Rubin PPDB parquet export.
+#
+#   demo       generate a synthetic PPDB export into ppdb_dir
+#   bootstrap  build the collection from every complete chunk up to `until` (refuses if it exists)
+#   daily      add every new complete night: stage -> build -> commit, one night after the other
+#   weekly     fold the dailies into one row per object, repartition, rebuild margin + index
+#   status     print, in plain words, what daily/bootstrap would do (writes nothing)
+#
+# Stages, one rule file each: stage.smk (read + check + postprocess chunks per dataset), build.smk (nest
+# light curves, place rows in pixels, margins, index rows), commit.smk (publish a new collection version),
+# bootstrap.smk / weekly.smk (full builds), demo.smk, report.smk.
+
+from snakemake.utils import min_version
+
+min_version("9.15")
+
+
+configfile: "config/config.yaml"
+
+
+include: "rules/common.smk"
+include: "rules/demo.smk"
+include: "rules/stage.smk"
+include: "rules/build.smk"
+include: "rules/commit.smk"
+include: "rules/bootstrap.smk"
+include: "rules/weekly.smk"
+include: "rules/report.smk"
+
+
+onstart:
+    print(PLAN.describe())
+
+
+rule all:
+    default_target: True
+    input:
+        rules.daily.input,

@@ -1,0 +1,68 @@
+# Config validation and the run's plan (what is pending), computed once when the workflow is parsed.
+import os
+
+from snakemake.exceptions import WorkflowError
+from snakemake.utils import validate
+
+from ppdb_lc.planning import make_plan
+from ppdb_lc.settings import Settings
+
+DATASETS = ["DiaObject", "DiaSource", "DiaForcedSource"]
+
+
+if config.get("until") is not None and not isinstance(config["until"], str):
+    config["until"] = str(config["until"])  # --config until=2026-11-24 arrives as a date
+validate(config, "../config/schema.yaml")
+SETTINGS = Settings.from_config(config)
+WORK = str(SETTINGS.work_dir)
+PLAN = make_plan(SETTINGS)
+BATCHES = {batch.name: batch for batch in PLAN.batches}
+BOOTSTRAP = PLAN.bootstrap_batch
+
+
+wildcard_constraints:
+    batch=r"bootstrap|\d{4}-\d{2}-\d{2}(_\d+)?",
+    dataset="|".join(DATASETS),
+
+
+def work(*parts):
+    return os.path.join(WORK, *parts)
+
+
+def batch_of(name):
+    return BOOTSTRAP if name == "bootstrap" else BATCHES[name]
+
+
+def manifests(wildcards):
+    """The chunk manifests of a batch: the inputs of its staging jobs."""
+    return [str(chunk.manifest) for chunk in batch_of(wildcards.batch).chunks]
+
+
+def staged(batch):
+    return {ds: work("batches", batch, "staged", ds) for ds in DATASETS}
+
+
+def committed(batch):
+    return work("batches", batch, "committed.json")
+
+
+def previous_commit(wildcards):
+    """Nights are committed in order: a night is built on the collection its predecessor published."""
+    names = list(BATCHES)
+    i = names.index(wildcards.batch)
+    return [committed(names[i - 1])] if i > 0 else []
+
+
+def check_plan(target):
+    """Stop before any job runs when the input is bad or the collection is in the wrong state."""
+    if PLAN.problems and SETTINGS.on_invalid_chunk == "error":
+        raise WorkflowError(
+            "bad input in the PPDB export (set on_invalid_chunk=skip to leave these chunks out):\n  "
+            + "\n  ".join(PLAN.problems)
+        )
+    for name in (BATCHES if target == "daily" else ["bootstrap"]):
+        if os.path.exists(committed(name)):
+            raise WorkflowError(
+                f"{committed(name)} exists but batch {name} is not in the ledger of {SETTINGS.collection_dir}: "
+                f"the collection was replaced; remove {work('batches', name)} and run again"
+            )

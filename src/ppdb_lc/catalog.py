@@ -1,0 +1,179 @@
+"""Reading and writing the HATS catalogs of the collection with hats' path, metadata and skymap functions.
+
+Layout (``npix_suffix="/"``, leaf pixel directories) so that every night adds its own file to a pixel::
+
+    dia_object_lc/dataset/Norder=K/Dir=D/Npix=N/<batch>.parquet
+
+Every data file is written with one fixed schema (:func:`lightcurves.catalog_schema`, ``_healpix_29`` first), so
+``_common_metadata`` can be written from that schema directly and never depends on which file sorts first.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import hats
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+from hats.catalog import PartitionInfo, TableProperties
+from hats.io import file_io, paths
+from hats.io.skymap import read_skymap, write_skymap
+from hats.pixel_math import HealpixPixel
+from hats.pixel_math.spatial_index import SPATIAL_INDEX_COLUMN, SPATIAL_INDEX_ORDER
+
+from ppdb_lc import __version__
+
+BUILDER = f"ppdb-lc v{__version__}"
+WRITE_OPTIONS = {"compression": "zstd", "row_group_size": 100_000}
+
+
+@dataclass(frozen=True)
+class CollectionNames:
+    """Names of the collection's sub-catalogs."""
+
+    catalog: str = "dia_object_lc"
+    margin_arcsec: float = 10.0
+    index_column: str = "diaObjectId"
+
+    @property
+    def margin(self) -> str:
+        return f"{self.catalog}_{int(self.margin_arcsec)}arcs"
+
+    @property
+    def index(self) -> str:
+        return f"{self.catalog}_{self.index_column}"
+
+
+def is_data_file(path: Path) -> bool:
+    """Files that are never rewritten (leaf parquet files and index parts): safe to share by hard link."""
+    parts = path.parts
+    return path.suffix == ".parquet" and any(p.startswith("Norder=") or p == "index" for p in parts)
+
+
+def pixel_file(catalog_dir: Path, pixel: HealpixPixel, name: str) -> Path:
+    upath = paths.new_pixel_catalog_file(catalog_dir, pixel, npix_suffix="/", npix_parquet_name=name)
+    return Path(upath.path)
+
+
+def write_pixel_slices(
+    table: pa.Table, slots: np.ndarray, pixels: Sequence[HealpixPixel], catalog_dir: Path, file_name: str
+) -> dict[HealpixPixel, int]:
+    """Write the rows of each pixel (``slots`` index ``pixels``) as ``Npix=N/<file_name>``; return row counts."""
+    counts: dict[HealpixPixel, int] = {}
+    if table.num_rows == 0:
+        return counts
+    order = np.argsort(slots, kind="stable")
+    table, slots = table.take(order), slots[order]
+    bounds = np.flatnonzero(np.diff(slots)) + 1
+    for start, stop in zip(np.r_[0, bounds], np.r_[bounds, len(slots)], strict=True):
+        pixel = pixels[int(slots[start])]
+        part = table.slice(int(start), int(stop - start))
+        pq.write_table(part, pixel_file(catalog_dir, pixel, file_name), **WRITE_OPTIONS)
+        counts[pixel] = part.num_rows
+    return counts
+
+
+def read_pixel(catalog_dir: Path, pixel: HealpixPixel, schema: pa.Schema, columns: list[str] | None = None) -> pa.Table:
+    """All files of one leaf pixel directory, cast to ``schema``."""
+    directory = Path(paths.pixel_catalog_file(catalog_dir, pixel, npix_suffix="/").path)
+    files = sorted(directory.glob("*.parquet"))
+    tables = [pq.read_table(f, schema=schema, columns=columns) for f in files]
+    if not tables:
+        return (schema if columns is None else pa.schema([schema.field(c) for c in columns])).empty_table()
+    return pa.concat_tables(tables)
+
+
+def pixel_files(catalog_dir: Path, pixels: Iterable[HealpixPixel]) -> list[tuple[HealpixPixel, Path]]:
+    out = []
+    for pixel in pixels:
+        directory = Path(paths.pixel_catalog_file(catalog_dir, pixel, npix_suffix="/").path)
+        out.extend((pixel, f) for f in sorted(directory.glob("*.parquet")))
+    return out
+
+
+def write_common_metadata(catalog_dir: Path, schema: pa.Schema) -> None:
+    """``dataset/_common_metadata`` from the fixed schema; drop ``_metadata`` (invalid with multi-file pixels)."""
+    common = Path(paths.get_common_metadata_pointer(catalog_dir).path)
+    common.parent.mkdir(parents=True, exist_ok=True)
+    _unlink(common)
+    pq.write_metadata(schema, common)
+    _unlink(Path(paths.get_parquet_metadata_pointer(catalog_dir).path))
+
+
+def write_partition_info(catalog_dir: Path, pixels: Sequence[HealpixPixel]) -> PartitionInfo:
+    info = PartitionInfo.from_healpix(list(pixels))
+    pointer = paths.get_partition_info_pointer(catalog_dir)
+    _unlink(Path(pointer.path))
+    info.write_to_file(pointer)
+    return info
+
+
+def write_skymaps(catalog_dir: Path, histogram: np.ndarray, alt_orders: Sequence[int]) -> None:
+    """``point_map.fits`` (the MOC source) and ``skymap*.fits`` from a histogram at the skymap order."""
+    for old in list(Path(catalog_dir).glob("skymap*.fits")) + [Path(catalog_dir) / "point_map.fits"]:
+        _unlink(old)
+    file_io.write_fits_image(histogram, paths.get_point_map_file_pointer(catalog_dir))
+    write_skymap(histogram, catalog_dir, orders=[o for o in alt_orders if o < hats.pixel_math.healpix_shim.npix2order(len(histogram))])
+
+
+def read_histogram(catalog_dir: Path, order: int) -> np.ndarray:
+    catalog = hats.read_hats(catalog_dir)
+    return np.asarray(read_skymap(catalog, order), dtype=np.int64)
+
+
+def write_properties(catalog_dir: Path, properties: TableProperties) -> None:
+    for name in ("hats.properties", "properties"):
+        _unlink(Path(catalog_dir) / name)
+    properties.to_properties_file(catalog_dir)
+
+
+def object_properties(
+    name: str,
+    *,
+    total_rows: int,
+    partition: PartitionInfo,
+    skymap_order: int,
+    skymap_alt_orders: Sequence[int],
+    threshold: int,
+    estsize_kib: int,
+) -> TableProperties:
+    """Properties of the main object catalog."""
+    return TableProperties(
+        catalog_name=name,
+        catalog_type="object",
+        total_rows=total_rows,
+        ra_column="ra",
+        dec_column="dec",
+        healpix_column=SPATIAL_INDEX_COLUMN,
+        healpix_order=SPATIAL_INDEX_ORDER,
+        npix_suffix="/",
+        skymap_order=skymap_order,
+        skymap_alt_orders=[o for o in skymap_alt_orders if o < skymap_order] or None,
+        hats_max_rows=threshold,
+        moc_sky_fraction=float(partition.calculate_fractional_coverage()),
+        **{
+            **TableProperties.new_provenance_dict(None, builder=BUILDER),
+            "hats_estsize": estsize_kib,
+            "hats_order": partition.get_highest_order(),
+            "hats_cols_sort": "diaObjectId",
+        },
+    )
+
+
+def dir_size_kib(path: Path) -> int:
+    return sum(f.stat().st_size for f in Path(path).rglob("*") if f.is_file()) // 1024
+
+
+def _unlink(path: Path) -> None:
+    """Remove a file before rewriting it: it may be a hard link shared with a published version."""
+    try:
+        path.unlink()
+    except FileNotFoundError:
+        pass
+
+
+def read_properties(catalog_dir: Path) -> TableProperties:
+    return TableProperties.read_from_dir(catalog_dir)

@@ -1,0 +1,97 @@
+"""Entry points of the workflow's jobs: each Snakemake script calls exactly one of these.
+
+They take plain values (paths, names, the config dict), set up the job's log file and call the library.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import sys
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+from typing import Any
+
+from ppdb_lc import nightly, rebuild, stage
+from ppdb_lc.ledger import Batch
+from ppdb_lc.settings import Settings
+
+
+@contextlib.contextmanager
+def job_log(path: str | Path | None) -> Iterator[None]:
+    """Send logging and stderr (progress bars) of the job to its Snakemake log file."""
+    if path is None:
+        yield
+        return
+    with open(path, "w", buffering=1) as handle:
+        old = sys.stderr
+        sys.stderr = handle
+        logging.basicConfig(level=logging.INFO, stream=handle, force=True,
+                            format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+        try:
+            yield
+        except Exception:
+            logging.getLogger("ppdb_lc").exception("job failed")
+            raise
+        finally:
+            sys.stderr = old
+
+
+def _batch(name: str, night: str, manifests: Sequence[str]) -> Batch:
+    return Batch(name=name, night=night, chunks=nightly.chunks_from_manifests(manifests))
+
+
+def _write_json(path: str | Path, data: dict) -> None:
+    tmp = Path(str(path) + ".tmp")
+    tmp.write_text(json.dumps(data, indent=1))
+    tmp.replace(path)
+
+
+def stage_dataset(manifests: Sequence[str], dataset: str, out_dir: str, config: dict[str, Any], log: str) -> None:
+    with job_log(log):
+        chunks = nightly.chunks_from_manifests(manifests)
+        stage.stage_dataset(chunks, dataset, Path(out_dir), Settings.from_config(config).keep_float64)
+
+
+def build_batch(name: str, night: str, manifests: Sequence[str], staged: dict[str, str], out_dir: str,
+                config: dict[str, Any], log: str) -> None:
+    with job_log(log):
+        nightly.build_batch(_batch(name, night, manifests), {k: Path(v) for k, v in staged.items()}, Path(out_dir),
+                            Settings.from_config(config))
+
+
+def commit_batch(name: str, night: str, manifests: Sequence[str], build_dir: str, marker: str,
+                 config: dict[str, Any], log: str) -> None:
+    with job_log(log):
+        summary = nightly.commit_batch(_batch(name, night, manifests), Path(build_dir), Settings.from_config(config))
+        _write_json(marker, summary)
+
+
+def bootstrap(manifests: Sequence[str], staged: dict[str, str], scratch: str, marker: str, config: dict[str, Any],
+              threads: int, mem_mb: int | None, log: str) -> None:
+    with job_log(log):
+        batch = _batch(rebuild.BOOTSTRAP_LABEL, rebuild.BOOTSTRAP_LABEL, manifests)
+        summary = rebuild.bootstrap(batch, {k: Path(v) for k, v in staged.items()}, Path(scratch),
+                                    Settings.from_config(config), threads=threads, mem_mb=mem_mb)
+        _write_json(marker, summary)
+
+
+def weekly(scratch: str, marker: str, config: dict[str, Any], threads: int, mem_mb: int | None, log: str) -> None:
+    with job_log(log):
+        summary = rebuild.weekly(Path(scratch), Settings.from_config(config), threads=threads, mem_mb=mem_mb)
+        _write_json(marker, summary)
+
+
+def generate_demo(out_dir: str, demo: dict[str, Any], log: str) -> None:
+    from datetime import date, timedelta
+
+    from ppdb_lc.generator import DemoSpec, generate_ppdb
+
+    with job_log(log):
+        start = date.fromisoformat(demo["start"])
+        nights = tuple((start + timedelta(days=i)).isoformat() for i in range(int(demo["nights"])))
+        spec = DemoSpec(n_objects=int(demo["objects"]), nights=nights, chunks_per_night=int(demo["chunks_per_night"]),
+                        seed=int(demo["seed"]))
+        written = generate_ppdb(Path(out_dir), spec)
+        logging.getLogger(__name__).info("wrote %d chunks into %s", len(written), out_dir)

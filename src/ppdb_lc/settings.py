@@ -1,0 +1,52 @@
+"""Pipeline settings: the validated Snakemake config, typed."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from ppdb_lc import postprocess
+from ppdb_lc.catalog import CollectionNames
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Everything the library needs from the config (see ``config/schema.yaml`` for meanings)."""
+
+    ppdb_dir: Path
+    collection_dir: Path
+    work_dir: Path
+    until: str | None = None
+    names: CollectionNames = field(default_factory=CollectionNames)
+    pixel_threshold: int = 1_000_000
+    highest_healpix_order: int = 8
+    skymap_alt_orders: tuple[int, ...] = (2, 4, 6)
+    keep_float64: tuple[str, ...] = postprocess.DEFAULT_KEEP_FLOAT64
+    keep_versions: int = 2
+    validate_commits: bool = True
+    on_invalid_chunk: str = "error"
+    dask_scheduler_address: str | None = None
+
+    @classmethod
+    def from_config(cls, config: dict[str, Any]) -> Settings:
+        catalog = config.get("catalog", {})
+        until = config.get("until")
+        return cls(
+            ppdb_dir=Path(config["ppdb_dir"]),
+            collection_dir=Path(config["collection_dir"]),
+            work_dir=Path(config["work_dir"]),
+            until=None if until in (None, "", "all") else str(until),
+            names=CollectionNames(
+                catalog=catalog.get("name", "dia_object_lc"),
+                margin_arcsec=float(catalog.get("margin_threshold_arcsec", 10.0)),
+            ),
+            pixel_threshold=int(catalog.get("pixel_threshold", 1_000_000)),
+            highest_healpix_order=int(catalog.get("highest_healpix_order", 8)),
+            skymap_alt_orders=tuple(catalog.get("skymap_alt_orders", (2, 4, 6))),
+            keep_float64=tuple(catalog.get("keep_float64", postprocess.DEFAULT_KEEP_FLOAT64)),
+            keep_versions=int(config.get("keep_versions", 2)),
+            validate_commits=bool(config.get("validate_commits", True)),
+            on_invalid_chunk=str(config.get("on_invalid_chunk", "error")),
+            dask_scheduler_address=config.get("dask_scheduler_address") or None,
+        )
