@@ -290,7 +290,7 @@ def test_forced_source_orphans(tables: dict[str, pd.DataFrame]) -> None:
         updated = set(objects.loc[objects["night"] == night, "diaObjectId"])
         tonight = forced.loc[forced["night"] == night, "diaObjectId"]
         orphans = ~tonight.isin(updated)
-        assert orphans.sum() >= 20 and orphans.mean() > 0.05, night
+        assert orphans.sum() >= 10 and orphans.mean() > 0.05, night
 
 
 def test_negative_science_flux(tables: dict[str, pd.DataFrame]) -> None:

@@ -8,11 +8,12 @@ Model
 -----
 * **Objects.** ``n_objects`` variables placed uniformly in a disk of ``field_radius`` deg around
   (``ra_center``, ``dec_center``). Each has a true position, a template flux per band (log-uniform 10 nJy to
-  30 µJy, so faint objects scatter to negative measured fluxes), a sinusoidal lightcurve, a per-visit detection
-  probability that follows the lightcurve (zero at minimum, so long-period objects skip whole nights) and the
-  night it *appears* (becomes detectable), so later nights mix new and known objects.
-  ``drift_fraction`` of the objects sit within 0.3 arcsec of an order-6 HEALPix pixel boundary and are measured
-  with 0.5 arcsec noise, so their mean position moves across the boundary from one version to the next.
+  30 µJy, so faint objects scatter to negative measured fluxes), a sinusoidal lightcurve and a per-visit
+  detection probability. It *appears* on a random night, so later nights mix new and known objects, and from then
+  on is *active* (detectable) on a random 20-80 % of the nights; inactive known objects still get forced
+  photometry. ``drift_fraction`` of the objects (always active) sit within 0.3 arcsec of an order-6 HEALPix pixel
+  boundary less than 1 deg from the field centre and are measured with 0.5 arcsec noise, so their mean position
+  moves across the boundary from one version to the next.
 * **Time.** Night ``D`` (Rubin dayobs) has ``chunks_per_night`` replica chunks: 600 s windows starting at
   D 23:40 UTC, spaced evenly until about 10:00 UTC of D+1. The first chunk's date folder is therefore D and the
   later ones D+1. A chunk holds ``visits_per_chunk`` visits. A visit is stored (the ``store()`` time, which is
@@ -87,7 +88,8 @@ _POSITION_SIGMA: Final = 0.1  # arcsec
 _DRIFT_POSITION_SIGMA: Final = 0.5  # arcsec
 _DRIFT_OFFSET: Final = 0.3  # arcsec, max distance of a drifting object from its pixel boundary
 _DRIFT_ORDER: Final = 6
-_DRIFT_DETECT_PROBABILITY: Final = 1.0  # peak value, so drifting objects get many versions
+_DRIFT_DETECT_PROBABILITY: Final = 0.9
+_DUTY_CYCLE: Final = (0.2, 0.8)  # range of the per-object probability of being active (detectable) on a night
 _FLUX_FLOOR: Final = 60.0  # nJy, sky noise of a science-image flux
 _FLUX_FRACTION: Final = 0.03  # relative flux error of bright sources
 _TEMPLATE_NOISE: Final = 30.0  # nJy, added in quadrature for difference-image fluxes
@@ -187,25 +189,14 @@ class _Objects:
     amplitude: np.ndarray  # relative lightcurve amplitude, < 1
     period: np.ndarray  # days
     phase: np.ndarray
-    p_detect: np.ndarray  # peak detection probability per visit in the footprint
+    p_detect: np.ndarray  # detection probability per visit in the footprint on an active night
     position_sigma: np.ndarray  # arcsec, per-coordinate noise of a source position
-    appear_night: np.ndarray  # first night index in which the object can be detected
-
-    def wave(self, idx: np.ndarray, mjd: float) -> np.ndarray:
-        """Lightcurve phase term in [-1, 1] of objects ``idx`` at ``mjd``."""
-        return np.sin(2 * np.pi * mjd / self.period[idx] + self.phase[idx])
+    active: np.ndarray  # (n, nights) bool: detectable that night (appeared and in an active phase)
 
     def true_flux(self, idx: np.ndarray, band: int, mjd: float) -> np.ndarray:
         """Lightcurve value (nJy) of objects ``idx`` in ``band`` at ``mjd``."""
-        return self.template[idx, band] * (1 + self.amplitude[idx] * self.wave(idx, mjd))
-
-    def detect_probability(self, mjd: float) -> np.ndarray:
-        """Per-visit detection probability of every object: highest near lightcurve maximum, 0 at minimum.
-
-        Long-period objects therefore go undetected for whole nights while forced photometry continues.
-        """
-        everything = np.arange(len(self.ra))
-        return self.p_detect * ((1 + self.wave(everything, mjd)) / 2) ** 2
+        wave = np.sin(2 * np.pi * mjd / self.period[idx] + self.phase[idx])
+        return self.template[idx, band] * (1 + self.amplitude[idx] * wave)
 
 
 class _FluxStats:
@@ -367,33 +358,28 @@ def _uniform_disk(
     return ra0 + r * np.cos(theta) / np.cos(np.radians(dec0)), dec0 + r * np.sin(theta)
 
 
-def _near_pixel_boundary(
-    ra: np.ndarray, dec: np.ndarray, spec: DemoSpec, rng: np.random.Generator
-) -> tuple[np.ndarray, np.ndarray]:
-    """Move points to within ``_DRIFT_OFFSET`` of an order-6 HEALPix pixel boundary.
+def _near_pixel_boundary(n: int, spec: DemoSpec, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+    """``n`` points within ``_DRIFT_OFFSET`` of an order-6 HEALPix pixel boundary, within ~1 deg of the centre.
 
-    Each point is paired with a partner 2 deg away on the line through the field centre (always in another pixel:
-    order-6 pixels are < 2 deg across; inside the field when ``field_radius`` >= 2 deg). Bisection along that
-    segment finds where the pixel changes; the point goes a random ±``_DRIFT_OFFSET`` from there along the segment.
+    Each point starts from a random diameter of the 1-deg circle around the field centre. Its two ends are 2 deg
+    apart, hence in different pixels (order-6 pixels are < 2 deg across). Bisection along it finds where the
+    pixel changes, and the point goes a random ±``_DRIFT_OFFSET`` from there along the diameter.
     """
     cos0 = np.cos(np.radians(spec.dec_center))
-    x, y = (ra - spec.ra_center) * cos0, dec - spec.dec_center
-    r = np.hypot(x, y)
-    safe_r = np.where(r > 0, r, 1.0)
-    ux, uy = np.where(r > 0, x / safe_r, 1.0), np.where(r > 0, y / safe_r, 0.0)  # unit vector away from the centre
-    step = 2.0  # deg from the point to its partner
+    theta = rng.uniform(0, 2 * np.pi, n)
+    ux, uy = np.cos(theta), np.sin(theta)
 
     def position(t: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """Sky position a fraction ``t`` of the way from each point to its partner."""
-        return spec.ra_center + (x - t * step * ux) / cos0, spec.dec_center + y - t * step * uy
+        """Sky position at ``t`` deg along each diameter (from -1 to 1)."""
+        return spec.ra_center + t * ux / cos0, spec.dec_center + t * uy
 
-    start = radec2pix(_DRIFT_ORDER, *position(np.zeros_like(x)))
-    low, high = np.zeros_like(x), np.ones_like(x)
+    start = radec2pix(_DRIFT_ORDER, *position(np.full(n, -1.0)))
+    low, high = np.full(n, -1.0), np.full(n, 1.0)
     for _ in range(40):
         mid = (low + high) / 2
         same = radec2pix(_DRIFT_ORDER, *position(mid)) == start
         low, high = np.where(same, mid, low), np.where(same, high, mid)
-    return position(high + rng.uniform(-_DRIFT_OFFSET, _DRIFT_OFFSET, len(x)) * _ARCSEC / step)
+    return position(high + rng.uniform(-_DRIFT_OFFSET, _DRIFT_OFFSET, n) * _ARCSEC)
 
 
 def _make_objects(spec: DemoSpec, rng: np.random.Generator) -> _Objects:
@@ -404,12 +390,15 @@ def _make_objects(spec: DemoSpec, rng: np.random.Generator) -> _Objects:
     template = base[:, None] * 10 ** (-0.4 * rng.normal(0, 0.3, (n, len(BANDS))))
     p_detect = rng.uniform(0.2, 0.9, n)
     position_sigma = np.full(n, _POSITION_SIGMA)
+    nights = np.arange(len(spec.nights))
     appear_night = rng.integers(0, len(spec.nights), n)
+    duty_cycle = rng.uniform(*_DUTY_CYCLE, n)
+    active = (nights >= appear_night[:, None]) & (rng.random((n, len(nights))) < duty_cycle[:, None])
     drift = rng.choice(n, round(n * spec.drift_fraction), replace=False)
-    ra[drift], dec[drift] = _near_pixel_boundary(ra[drift], dec[drift], spec, rng)
+    ra[drift], dec[drift] = _near_pixel_boundary(len(drift), spec, rng)
     p_detect[drift] = _DRIFT_DETECT_PROBABILITY
     position_sigma[drift] = _DRIFT_POSITION_SIGMA
-    appear_night[drift] = 0
+    active[drift] = True
     return _Objects(
         ra=ra,
         dec=dec,
@@ -419,7 +408,7 @@ def _make_objects(spec: DemoSpec, rng: np.random.Generator) -> _Objects:
         phase=rng.uniform(0, 2 * np.pi, n),
         p_detect=p_detect,
         position_sigma=position_sigma,
-        appear_night=appear_night,
+        active=active,
     )
 
 
@@ -480,8 +469,8 @@ def _object_detections(survey: _Survey, visit: _Visit, night_index: int) -> tupl
     """Objects detected in a visit (indices) and their measurements."""
     objects, rng = survey.objects, survey.rng
     detector, _, _ = _focal_plane(objects.ra, objects.dec, visit)
-    candidate = (detector >= 0) & (objects.appear_night <= night_index)
-    idx = np.flatnonzero(candidate & (rng.random(len(objects.ra)) < objects.detect_probability(visit.midpoint_mjd)))
+    candidate = (detector >= 0) & objects.active[:, night_index]
+    idx = np.flatnonzero(candidate & (rng.random(len(objects.ra)) < objects.p_detect))
     sigma = objects.position_sigma[idx]
     dec = objects.dec[idx] + rng.standard_normal(len(idx)) * sigma * _ARCSEC
     ra = objects.ra[idx] + rng.standard_normal(len(idx)) * sigma * _ARCSEC / np.cos(np.radians(objects.dec[idx]))
