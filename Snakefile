@@ -28,10 +28,6 @@ include: "rules/weekly.smk"
 include: "rules/report.smk"
 
 
-onstart:
-    print(PLAN.describe())
-
-
 rule all:
     default_target: True
     input:

@@ -18,6 +18,7 @@ WORK = str(SETTINGS.work_dir)
 PLAN = make_plan(SETTINGS)
 BATCHES = {batch.name: batch for batch in PLAN.batches}
 BOOTSTRAP = PLAN.bootstrap_batch
+print(PLAN.describe())  # what this run would do, also shown by `snakemake -n`
 
 
 wildcard_constraints:

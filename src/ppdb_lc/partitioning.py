@@ -39,7 +39,7 @@ def histogram(healpix29: np.ndarray, order: int) -> np.ndarray:
 
 
 def _alignment_pixels(alignment: np.ndarray, used_cells: np.ndarray) -> list[HealpixPixel]:
-    return sorted({HealpixPixel(int(alignment[cell][0]), int(alignment[cell][1])) for cell in used_cells})
+    return sorted_pixels({HealpixPixel(int(alignment[cell][0]), int(alignment[cell][1])) for cell in used_cells})
 
 
 def new_pixels(
@@ -50,7 +50,8 @@ def new_pixels(
     threshold: int,
     lowest_order: int = 0,
 ) -> list[HealpixPixel]:
-    """Pixels for rows outside ``existing`` coverage, never overlapping it, each with at most ``threshold`` rows.
+    """Pixels (spatially sorted) for rows outside ``existing`` coverage, never overlapping it, each with at most
+    ``threshold`` rows.
 
     Only the rows' own histogram is aligned; with no existing pixel this is hats' standard alignment, otherwise
     hats' incremental alignment (the costly one, so callers pass only the uncovered rows and skip the call when

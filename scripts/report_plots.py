@@ -1,0 +1,14 @@
+"""Snakemake adapter: plots and table of the ingest history (see ppdb_lc.report)."""
+
+from ppdb_lc import report
+from ppdb_lc.jobs import job_log
+
+if __name__ == "__main__":
+    with job_log(snakemake.log[0]):  # noqa: F821
+        report.make_report(
+            snakemake.input.batches, report.benchmark_files(snakemake.params.benchmark_root),  # noqa: F821
+            snakemake.params.benchmark_root,  # noqa: F821
+            sky=snakemake.output.sky, size=snakemake.output.size,  # noqa: F821
+            benchmarks=snakemake.output.benchmarks, table=snakemake.output.table,  # noqa: F821
+            catalog_dir=snakemake.params.catalog_dir,  # noqa: F821
+        )

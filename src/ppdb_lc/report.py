@@ -1,0 +1,421 @@
+"""Plots and tables of the ingest history, for ``snakemake report_plots`` and ``snakemake --report``.
+
+Inputs are the batch summaries the collection carries (``ingest/batches/<batch>.json``: one per nightly commit,
+bootstrap and weekly compaction) and the Snakemake ``benchmark:`` files of the work directory
+(``benchmarks/<rule>[/<batch>][/<dataset>].tsv``). Nothing here reads catalog data, except for the sky plot's
+fallback (rows per pixel of the current catalog, from parquet footers) when no nightly batch was committed yet.
+"""
+
+from __future__ import annotations
+
+import html
+import json
+import re
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import matplotlib
+
+matplotlib.use("Agg")
+
+import cdshealpix  # noqa: E402
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+import pandas as pd  # noqa: E402
+from matplotlib.colors import LogNorm, Normalize  # noqa: E402
+from matplotlib.patches import Patch, Polygon  # noqa: E402
+
+Summary = dict[str, Any]
+_VERSION = re.compile(r"^v(\d{6})-(.+)$")
+_DATASETS = ("DiaObject", "DiaSource", "DiaForcedSource")
+_RULE_COLORS = {
+    "stage_dataset DiaObject": "#9ecae1",
+    "stage_dataset DiaSource": "#4292c6",
+    "stage_dataset DiaForcedSource": "#08519c",
+    "build_batch": "#fd8d3c",
+    "commit_batch": "#d94801",
+    "bootstrap_collection": "#31a354",
+    "compact_collection": "#756bb1",
+}
+
+
+# -- batch summaries -----------------------------------------------------------------------------------------
+def kind(summary: Summary) -> str:
+    """``daily``, ``bootstrap`` or ``weekly``."""
+    name = str(summary["batch"])
+    if name == "bootstrap":
+        return "bootstrap"
+    return "weekly" if name.startswith("weekly-") else "daily"
+
+
+def commit_number(summary: Summary) -> int:
+    """Number of the collection version a summary's commit published (its base version + 1; bootstrap: 1)."""
+    match = _VERSION.match(str(summary.get("base_version", "")))
+    return int(match.group(1)) + 1 if match else 1
+
+
+def load_summaries(paths: Iterable[str | Path]) -> list[Summary]:
+    """Batch summaries in commit order."""
+    summaries = [json.loads(Path(p).read_text()) for p in paths]
+    return sorted(summaries, key=lambda s: (commit_number(s), str(s["batch"])))
+
+
+def label(summary: Summary) -> str:
+    """Short axis label of a commit: the night, ``bootstrap`` or ``weekly YYYY-MM-DD``."""
+    name = str(summary["batch"])
+    if kind(summary) == "weekly":
+        stamp = name.removeprefix("weekly-")
+        return f"weekly {stamp[:4]}-{stamp[4:6]}-{stamp[6:8]}" if len(stamp) >= 8 else name
+    return name
+
+
+def catalog_rows_added(summary: Summary) -> int:
+    """Rows a commit added (daily) or the rows of the catalog it built (bootstrap, weekly: one per object)."""
+    return int(summary["catalog_rows_added"] if kind(summary) == "daily" else summary.get("objects", 0))
+
+
+def catalog_sizes(summaries: Sequence[Summary]) -> list[int]:
+    """Catalog rows after each commit: full builds reset to their object count, dailies add their rows."""
+    sizes, total = [], 0
+    for summary in summaries:
+        total = total + catalog_rows_added(summary) if kind(summary) == "daily" else catalog_rows_added(summary)
+        sizes.append(total)
+    return sizes
+
+
+def latest_night(summaries: Sequence[Summary]) -> Summary | None:
+    nights = [s for s in summaries if kind(s) == "daily"]
+    return nights[-1] if nights else None
+
+
+def _pixels_from_keys(keys: Iterable[str]) -> list[tuple[int, int]]:
+    return [(int(o), int(p)) for o, p in (key.split("/") for key in keys)]
+
+
+# -- sky plot ------------------------------------------------------------------------------------------------
+def _vertices(pixels: Sequence[tuple[int, int]], step: int = 4) -> list[tuple[np.ndarray, np.ndarray]]:
+    """(lon, lat) in degrees of the outline of each pixel (``step`` points per side)."""
+    out = []
+    for order, ipix in pixels:
+        lon, lat = cdshealpix.nested.vertices(np.array([ipix], dtype=np.uint64), int(order), step=step)
+        out.append((np.asarray(lon.to_value("deg"))[0], np.asarray(lat.to_value("deg"))[0]))
+    return out
+
+
+def _view(pixels: Sequence[tuple[int, int]]) -> tuple[float, float, float]:
+    """Centre (ra, dec) and radius in degrees of a view holding every vertex of ``pixels``."""
+    lon = np.radians(np.concatenate([v[0] for v in _vertices(pixels)]))
+    lat = np.radians(np.concatenate([v[1] for v in _vertices(pixels)]))
+    xyz = np.stack([np.cos(lat) * np.cos(lon), np.cos(lat) * np.sin(lon), np.sin(lat)], axis=1)
+    mean = xyz.mean(axis=0)
+    mean /= np.linalg.norm(mean)
+    radius = float(np.degrees(np.arccos(np.clip(xyz @ mean, -1, 1))).max())
+    ra = float(np.degrees(np.arctan2(mean[1], mean[0])) % 360)
+    return ra, float(np.degrees(np.arcsin(mean[2]))), radius
+
+
+def plot_sky(counts: dict[str, int], out: Path, *, title: str, colorbar_label: str = "rows added",
+             all_pixels: Iterable[str] = (), created: Iterable[str] = ()) -> Path:
+    """HEALPix map of ``counts`` ({"order/pixel": rows}), zoomed to those pixels, outlines of ``all_pixels``."""
+    from astropy import units as u
+    from astropy.coordinates import SkyCoord
+    from hats.inspection.visualize_catalog import plot_healpix_map
+
+    if not counts:
+        return _empty_plot(out, title, "no rows")
+    pixels = _pixels_from_keys(counts)
+    values = np.array(list(counts.values()), dtype=float)
+    ra, dec, radius = _view(pixels)
+    whole_sky = radius > 60
+    fig = plt.figure(figsize=(10, 5) if whole_sky else (8, 7))
+    span = max(2.3 * radius, 0.05)
+    vmax = float(values.max())
+    norm = LogNorm(vmin=max(values.min(), 1), vmax=max(vmax, 2)) if vmax / max(values.min(), 1) > 50 \
+        else Normalize(vmin=0, vmax=vmax)
+    fig, ax = plot_healpix_map(
+        values, ipix=np.array([p for _, p in pixels]), depth=np.array([o for o, _ in pixels]),
+        projection="MOL" if whole_sky else "TAN", fov=None if whole_sky else (span * u.deg, span * u.deg),
+        center=SkyCoord(ra, dec, unit="deg") if not whole_sky else None, cbar=False, fig=fig, norm=norm,
+        cmap="viridis", title=title, edgecolor="white", linewidth=0.6,
+    )
+    transform = ax.get_transform("icrs")
+    created = set(created)
+    for key, (lon, lat) in zip(sorted(set(all_pixels) | created), _vertices(_pixels_from_keys(
+            sorted(set(all_pixels) | created))), strict=True):
+        new = key in created
+        ax.add_patch(Polygon(np.column_stack([lon, lat]), closed=True, fill=False, transform=transform,
+                             edgecolor="red" if new else "0.45", linewidth=1.6 if new else 0.7,
+                             linestyle="-" if new else "--", zorder=3))
+    if not whole_sky:
+        _label_pixels(ax, pixels, values, span)
+    fig.colorbar(ax.collections[0], ax=ax, label=colorbar_label, shrink=0.8)
+    ax.coords[0].set_axislabel("RA [deg]")
+    ax.coords[1].set_axislabel("Dec [deg]")
+    ax.coords[0].set_format_unit(u.deg, decimal=True)
+    ax.coords[1].set_format_unit(u.deg, decimal=True)
+    ax.coords.grid(color="0.7", alpha=0.5, linestyle=":")
+    handles = [Patch(facecolor="none", edgecolor="0.45", linestyle="--", label="catalog pixel")]
+    if created:
+        handles.append(Patch(facecolor="none", edgecolor="red", linewidth=1.6, label="pixel created by this night"))
+    ax.legend(handles=handles, loc="upper right", fontsize=8, framealpha=0.8)
+    return _save(fig, out)
+
+
+def _label_pixels(ax: Any, pixels: Sequence[tuple[int, int]], values: np.ndarray, span: float) -> None:
+    """Write ``order/pixel`` and the value into pixels large enough on the plot (only the value if smaller)."""
+    transform = ax.get_transform("icrs")
+    for (order, ipix), value in zip(pixels, values, strict=True):
+        size = 58.6 / 2**order  # deg, side of a HEALPix pixel
+        if size < span / 14:
+            continue
+        text = f"{order}/{ipix}\n{int(value)}" if size >= span / 6 else f"{int(value)}"
+        lon, lat = cdshealpix.nested.healpix_to_lonlat(np.array([ipix], dtype=np.uint64), int(order))
+        ax.text(lon.to_value("deg")[0], lat.to_value("deg")[0], text, transform=transform, ha="center",
+                va="center", fontsize=7, bbox={"boxstyle": "round,pad=0.15", "fc": "white", "alpha": 0.7, "lw": 0})
+
+
+def catalog_pixel_rows(catalog_dir: Path) -> dict[str, int]:
+    """Rows per pixel of a catalog, from its partition info and the footers of its leaf files."""
+    import pyarrow.parquet as pq
+    from hats.catalog import PartitionInfo
+
+    from ppdb_lc.catalog import pixel_files
+
+    counts: dict[str, int] = {}
+    for pixel, path in pixel_files(catalog_dir, PartitionInfo.read_from_dir(catalog_dir).get_healpix_pixels()):
+        key = f"{pixel.order}/{pixel.pixel}"
+        counts[key] = counts.get(key, 0) + pq.read_metadata(path).num_rows
+    return counts
+
+
+def plot_latest_night(summaries: Sequence[Summary], out: Path, catalog_dir: Path | None = None) -> Path:
+    """Rows added per pixel by the latest committed night (else rows per pixel of the current catalog)."""
+    night = latest_night(summaries)
+    if night is not None:
+        added = sum(night["pixels_touched"].values())
+        created = [f"{o}/{p}" for o, p in night.get("pixels_created", [])]
+        title = (f"Rows added per pixel, night {night['night']} (batch {night['batch']})\n"
+                 f"{added} rows into {len(night['pixels_touched'])} pixels, {len(created)} new")
+        return plot_sky(night["pixels_touched"], out, title=title, colorbar_label="rows added",
+                        all_pixels=[f"{o}/{p}" for o, p in night.get("pixels", [])], created=created)
+    if catalog_dir is not None and Path(catalog_dir).is_dir():
+        counts = catalog_pixel_rows(Path(catalog_dir))
+        return plot_sky(counts, out, title=f"Rows per pixel of {Path(catalog_dir).name} (no nightly batch yet)",
+                        colorbar_label="rows", all_pixels=counts)
+    return _empty_plot(out, "Rows added per pixel", "no nightly batch committed yet")
+
+
+# -- catalog size --------------------------------------------------------------------------------------------
+def plot_catalog_size(summaries: Sequence[Summary], out: Path) -> Path:
+    """Catalog rows after every commit (line) and rows each commit added or built (bars)."""
+    if not summaries:
+        return _empty_plot(out, "Catalog size", "no batch summary")
+    labels = [label(s) for s in summaries]
+    sizes = catalog_sizes(summaries)
+    added = [catalog_rows_added(s) for s in summaries]
+    colors = [{"daily": "#fd8d3c", "bootstrap": "#31a354", "weekly": "#756bb1"}[kind(s)] for s in summaries]
+    x = np.arange(len(summaries))
+    fig, ax = plt.subplots(figsize=(max(6.0, 0.7 * len(x) + 3), 4.8))
+    ax.bar(x, added, color=colors, alpha=0.55, width=0.6)
+    ax.plot(x, sizes, color="black", marker="o", label="catalog rows after commit")
+    for xi, size in zip(x, sizes, strict=True):
+        ax.annotate(f"{size:,}", (xi, size), textcoords="offset points", xytext=(0, 6), ha="center", fontsize=8)
+    ax.set_xticks(x, labels, rotation=45, ha="right")
+    ax.set_xlabel("commit (night, or full build)")
+    ax.set_ylabel("rows")
+    ax.set_ylim(0, max(sizes) * 1.15 if max(sizes) else 1)
+    ax.set_title("Catalog size over nights")
+    ax.legend(handles=[
+        *ax.get_legend_handles_labels()[0],
+        Patch(color="#fd8d3c", alpha=0.55, label="rows added by a night"),
+        Patch(color="#31a354", alpha=0.55, label="rows built by bootstrap"),
+        Patch(color="#756bb1", alpha=0.55, label="rows after weekly compaction"),
+    ], fontsize=8, loc="upper left")
+    ax.grid(axis="y", alpha=0.3)
+    return _save(fig, out)
+
+
+# -- benchmarks ----------------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class BenchmarkRecord:
+    """One Snakemake benchmark file: a job of ``rule`` for ``batch`` (``job`` tells datasets apart)."""
+
+    rule: str
+    job: str
+    batch: str
+    seconds: float
+    max_rss_mb: float
+
+
+def read_benchmark(path: Path, root: Path) -> BenchmarkRecord:
+    """Parse ``root/<rule>.tsv``, ``root/<rule>/<batch>.tsv`` or ``root/<rule>/<batch>/<dataset>.tsv``."""
+    parts = Path(path).relative_to(root).with_suffix("").parts
+    rule = parts[0]
+    batch = parts[1] if len(parts) > 1 else rule.split("_")[0]
+    if rule == "compact_collection":
+        batch = f"weekly after {batch}"
+    job = f"{rule} {parts[2]}" if len(parts) > 2 else rule
+    table = pd.read_csv(path, sep="\t")
+    rss = pd.to_numeric(table["max_rss"], errors="coerce")
+    return BenchmarkRecord(rule=rule, job=job, batch=batch, seconds=float(table["s"].mean()),
+                           max_rss_mb=float(rss.max()) if rss.notna().any() else float("nan"))
+
+
+def benchmark_files(root: str | Path) -> list[Path]:
+    """Every ``*.tsv`` below the benchmark directory (none if it does not exist)."""
+    return sorted(Path(root).rglob("*.tsv")) if Path(root).is_dir() else []
+
+
+def read_benchmarks(paths: Iterable[str | Path], root: str | Path) -> list[BenchmarkRecord]:
+    return [read_benchmark(Path(p), Path(root)) for p in sorted(paths)]
+
+
+def _batch_key(batch: str) -> tuple[str, int]:
+    """Chronological order: bootstrap, nights, each weekly right after the version it compacted."""
+    if batch == "bootstrap":
+        return ("", 0)
+    if batch.startswith("weekly after "):
+        match = _VERSION.match(batch.removeprefix("weekly after "))
+        return (_batch_key(match.group(2))[0] if match else batch, 1)
+    return (batch, 0)
+
+
+def _job_key(job: str) -> int:
+    order = list(_RULE_COLORS)
+    return order.index(job) if job in order else len(order)
+
+
+def plot_benchmarks(records: Sequence[BenchmarkRecord], out: Path) -> Path:
+    """Grouped bars per batch: wall time and peak memory (max RSS) of every job."""
+    if not records:
+        return _empty_plot(out, "Per-rule runtime and peak memory", "no benchmark files")
+    batches = sorted({r.batch for r in records}, key=_batch_key)
+    groups = {b: sorted((r for r in records if r.batch == b), key=lambda r: (_job_key(r.job), r.job)) for b in batches}
+    width = 0.8 / max(len(g) for g in groups.values())
+    fig, axes = plt.subplots(2, 1, figsize=(max(7.0, 1.0 * len(batches) + 3), 7.5), sharex=True)
+    seen: set[str] = set()
+    for x, batch in enumerate(batches):
+        group = groups[batch]
+        for j, rec in enumerate(group):
+            offset = (j - (len(group) - 1) / 2) * width
+            color = _RULE_COLORS.get(rec.job, "0.5")
+            for ax, value in zip(axes, (rec.seconds, rec.max_rss_mb), strict=True):
+                ax.bar(x + offset, value, width=width * 0.95, color=color,
+                       label=rec.job if rec.job not in seen and ax is axes[0] else None)
+            seen.add(rec.job)
+    axes[0].set_ylabel("wall time [s]")
+    axes[0].set_title("Per-rule runtime and peak memory (Snakemake benchmark files)")
+    axes[1].set_ylabel("peak memory, max RSS [MB]")
+    axes[1].set_xlabel("batch")
+    names = [re.sub(r"^weekly after v\d+-(.*)$", r"weekly\n(after \1)", b) for b in batches]
+    axes[1].set_xticks(range(len(batches)), names, rotation=45 if len(batches) > 6 else 0,
+                       ha="right" if len(batches) > 6 else "center", fontsize=8)
+    for ax in axes:
+        ax.grid(axis="y", alpha=0.3)
+    handles, labels = axes[0].get_legend_handles_labels()
+    order = sorted(range(len(labels)), key=lambda i: (_job_key(labels[i]), labels[i]))
+    fig.legend([handles[i] for i in order], [labels[i] for i in order], fontsize=8, ncol=4, loc="lower center",
+               bbox_to_anchor=(0.5, -0.06 if len(batches) <= 6 else -0.1), frameon=False)
+    return _save(fig, out)
+
+
+# -- table ---------------------------------------------------------------------------------------------------
+TABLE_COLUMNS = [
+    "version", "batch", "kind", "nights", "chunks", *[f"{ds} in" for ds in _DATASETS], "orphan rows",
+    "solar-system sources skipped", "catalog rows added/built", "catalog rows after", "pixels touched",
+    "pixels created", "margin rows added", "build s", "commit s", "total s",
+]
+
+
+def summary_rows(summaries: Sequence[Summary]) -> list[dict[str, Any]]:
+    """One table row per commit, ``None`` where a field does not apply."""
+    rows = []
+    for summary, size in zip(summaries, catalog_sizes(summaries), strict=True):
+        k = kind(summary)
+        rows_in = summary.get("rows_in") if isinstance(summary.get("rows_in"), dict) else {}
+        nights = summary.get("nights") or ([summary["night"]] if "night" in summary else [])
+        build, commit = summary.get("build_seconds"), summary.get("commit_seconds")
+        rows.append({
+            "version": commit_number(summary),
+            "batch": summary["batch"],
+            "kind": k,
+            "nights": ", ".join(nights) if nights else None,
+            "chunks": len(summary["chunks"]) if "chunks" in summary else None,
+            **{f"{ds} in": rows_in.get(ds) for ds in _DATASETS},
+            "orphan rows": summary.get("orphan_rows"),
+            "solar-system sources skipped": summary.get("solar_system_sources_skipped"),
+            "catalog rows added/built": catalog_rows_added(summary),
+            "catalog rows after": size,
+            "pixels touched": len(summary["pixels_touched"]) if "pixels_touched" in summary else summary.get("pixels"),
+            "pixels created": len(summary["pixels_created"]) if "pixels_created" in summary else summary.get("pixels"),
+            "margin rows added": summary.get("margin_rows_added"),
+            "build s": build,
+            "commit s": commit,
+            "total s": round(build + commit, 3) if build is not None and commit is not None else summary.get("seconds"),
+        })
+    return rows
+
+
+def _cell(value: Any) -> str:
+    if value is None:
+        return "&ndash;"
+    if isinstance(value, int):
+        return f"{value:,}"
+    if isinstance(value, float):
+        return f"{value:.2f}"
+    return html.escape(str(value))
+
+
+def write_summary_table(summaries: Sequence[Summary], out: Path) -> Path:
+    """Standalone HTML table of the night summaries (full builds included), oldest first."""
+    rows = summary_rows(summaries)
+    head = "".join(f"<th>{html.escape(c)}</th>" for c in TABLE_COLUMNS)
+    body = "\n".join(
+        f'<tr class="{row["kind"]}">' + "".join(
+            f'<td class="{"num" if isinstance(row[c], int | float) else "txt"}">{_cell(row[c])}</td>'
+            for c in TABLE_COLUMNS) + "</tr>"
+        for row in rows
+    )
+    style = (
+        "body{font-family:sans-serif;font-size:13px} table{border-collapse:collapse}"
+        "th,td{border:1px solid #ccc;padding:3px 6px} th{background:#eee;position:sticky;top:0}"
+        "td.num{text-align:right;font-variant-numeric:tabular-nums} tr.bootstrap{background:#eaf6ea}"
+        "tr.weekly{background:#efedf7}"
+    )
+    text = (f"<!DOCTYPE html>\n<html><head><meta charset=\"utf-8\"><title>Night summaries</title>"
+            f"<style>{style}</style></head><body>\n<h3>Night summaries ({len(rows)} commits)</h3>\n"
+            f"<table>\n<thead><tr>{head}</tr></thead>\n<tbody>\n{body}\n</tbody></table>\n</body></html>\n")
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(text)
+    return out
+
+
+# -- helpers -------------------------------------------------------------------------------------------------
+def _save(fig: plt.Figure, out: Path) -> Path:
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(out, dpi=110, bbox_inches="tight")
+    plt.close(fig)
+    return out
+
+
+def _empty_plot(out: Path, title: str, message: str) -> Path:
+    fig, ax = plt.subplots(figsize=(6, 3))
+    ax.text(0.5, 0.5, message, ha="center", va="center", fontsize=12)
+    ax.set_axis_off()
+    ax.set_title(title)
+    return _save(fig, out)
+
+
+def make_report(batch_files: Sequence[str | Path], benchmark_files: Sequence[str | Path], benchmark_root: str | Path,
+                *, sky: str | Path, size: str | Path, benchmarks: str | Path, table: str | Path,
+                catalog_dir: str | Path | None = None) -> None:
+    """Write the four report outputs."""
+    summaries = load_summaries(batch_files)
+    plot_latest_night(summaries, Path(sky), Path(catalog_dir) if catalog_dir else None)
+    plot_catalog_size(summaries, Path(size))
+    plot_benchmarks(read_benchmarks(benchmark_files, benchmark_root), Path(benchmarks))
+    write_summary_table(summaries, Path(table))

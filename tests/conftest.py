@@ -1,0 +1,215 @@
+"""Shared fixtures: small generated PPDB exports, a Snakemake runner, and an independent expectation."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import subprocess
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+import yaml
+
+from ppdb_lc import apdb
+from ppdb_lc.generator import DemoSpec, generate_ppdb
+
+REPO = Path(__file__).resolve().parents[1]
+NIGHTS = ("2026-11-20", "2026-11-21", "2026-11-22", "2026-11-23")
+SPEC = DemoSpec(n_objects=800, nights=NIGHTS, chunks_per_night=3, seed=11)
+
+
+@dataclass
+class Workspace:
+    root: Path
+
+    @property
+    def ppdb(self) -> Path:
+        return self.root / "ppdb"
+
+    @property
+    def collection(self) -> Path:
+        return self.root / "coll"
+
+    @property
+    def work(self) -> Path:
+        return self.root / "work"
+
+    @property
+    def configfile(self) -> Path:
+        return self.root / "config.yaml"
+
+    def write_config(self, **overrides) -> None:
+        config = yaml.safe_load((REPO / "config" / "config.yaml").read_text())
+        config.update(ppdb_dir=str(self.ppdb), collection_dir=str(self.collection), work_dir=str(self.work))
+        config["catalog"]["pixel_threshold"] = 120
+        config.update(overrides)
+        self.configfile.write_text(yaml.safe_dump(config))
+
+    def snakemake(self, *args: str, check: bool = True) -> subprocess.CompletedProcess:
+        env = dict(os.environ, PATH=f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}")
+        cmd = [sys.executable, "-m", "snakemake", "--snakefile", str(REPO / "Snakefile"), "--directory",
+               str(self.root), "--configfile", str(self.configfile), "--cores", "2", "--show-failed-logs", *args]
+        proc = subprocess.run(cmd, capture_output=True, text=True, env=env)
+        if check and proc.returncode != 0:
+            raise AssertionError(f"snakemake {' '.join(args)} failed:\n{proc.stdout[-4000:]}\n{proc.stderr[-8000:]}")
+        return proc
+
+
+@pytest.fixture(scope="session")
+def demo_export(tmp_path_factory) -> Path:
+    root = tmp_path_factory.mktemp("export") / "ppdb"
+    generate_ppdb(root, SPEC)
+    return root
+
+
+@pytest.fixture
+def workspace(tmp_path, demo_export) -> Workspace:
+    ws = Workspace(tmp_path)
+    shutil.copytree(demo_export, ws.ppdb)
+    ws.write_config()
+    return ws
+
+
+def chunk_dirs(ppdb: Path) -> list[Path]:
+    return sorted({p.parent for p in ppdb.rglob("*manifest.json")}, key=lambda p: int(p.name))
+
+
+def dayobs(chunk_id: int) -> str:
+    return (pd.Timestamp(chunk_id, unit="s") - pd.Timedelta(hours=12)).date().isoformat()
+
+
+def read_export(ppdb: Path, nights=None) -> dict[str, pd.DataFrame]:
+    """Every row of every complete chunk (optionally of some nights only), read with pandas alone."""
+    frames: dict[str, list[pd.DataFrame]] = {t: [] for t in apdb.DATASETS}
+    for directory in chunk_dirs(ppdb):
+        if nights is not None and dayobs(int(directory.name)) not in nights:
+            continue
+        for table in apdb.DATASETS:
+            path = directory / f"{table}.parquet"
+            if path.exists():
+                frames[table].append(pd.read_parquet(path, dtype_backend="numpy_nullable"))
+    return {t: pd.concat(f, ignore_index=True) if f else pd.DataFrame() for t, f in frames.items()}
+
+
+def expected_catalog(ppdb: Path, nights=None) -> dict:
+    """The independent expectation: latest object versions and each object's source/forced-source ids."""
+    data = read_export(ppdb, nights)
+    objects = data["DiaObject"].sort_values("validityStartMjdTai").groupby("diaObjectId").tail(1)
+    sources = data["DiaSource"]
+    solar = int(sources["diaObjectId"].isna().sum())
+    sources = sources[sources["diaObjectId"].notna()]
+    forced = data["DiaForcedSource"]
+    ids = set(objects["diaObjectId"]) | set(sources["diaObjectId"].astype("int64")) | set(forced["diaObjectId"])
+    return {
+        "objects": objects.set_index("diaObjectId"),
+        "sources": sources.assign(diaObjectId=sources["diaObjectId"].astype("int64")),
+        "forced": forced,
+        "ids": ids,
+        "solar": solar,
+    }
+
+
+def read_collection(collection: Path) -> pd.DataFrame:
+    import lsdb
+
+    return lsdb.open_catalog(collection).compute()
+
+
+def flat(frame: pd.DataFrame, column: str) -> pd.DataFrame:
+    """Flatten a nested column, tagging each point with the diaObjectId and position of its row."""
+    lengths = frame[column].nest.len()
+    points = frame[column].nest.to_flat().reset_index(drop=True)
+    points["owner"] = np.repeat(frame["diaObjectId"].to_numpy(), lengths)
+    points["row"] = np.repeat(np.arange(len(frame)), lengths)
+    return points
+
+
+def tree_digest(path: Path) -> dict[str, str]:
+    """Content hash of every file below ``path`` (following the collection link)."""
+    out = {}
+    for file in sorted(Path(os.path.realpath(path)).rglob("*")):
+        if file.is_file():
+            out[str(file.relative_to(os.path.realpath(path)))] = hashlib.sha256(file.read_bytes()).hexdigest()
+    return out
+
+
+def write_chunk(root: Path, chunk_id: int, tables: dict[str, pd.DataFrame], *, manifest: bool = True) -> Path:
+    """Write a flat-layout chunk with the export schema (columns not given are null) and a new-format manifest."""
+    directory = root / str(chunk_id)
+    directory.mkdir(parents=True)
+    files = {}
+    for table, frame in tables.items():
+        schema = apdb.export_schema(table)
+        arrays = []
+        for field in schema:
+            if field.name == apdb.REPLICA_CHUNK_COLUMN:
+                arrays.append(pa.array([chunk_id] * len(frame), pa.int64()))
+            elif field.name in frame:
+                arrays.append(pa.array(frame[field.name].to_numpy(), type=field.type))
+            else:
+                arrays.append(pa.nulls(len(frame), field.type))
+        path = directory / f"{table}.parquet"
+        pq.write_table(pa.Table.from_arrays(arrays, schema=schema), path)
+        files[path.name] = {"row_count": len(frame), "checksum": hashlib.sha256(path.read_bytes()).hexdigest(),
+                            "size_bytes": path.stat().st_size}
+    if manifest:
+        (directory / "manifest.json").write_text(json.dumps({
+            "replica_chunk_id": str(chunk_id), "unique_id": f"test-{chunk_id}", "schema_version": "10.0.0",
+            "exported_at": "2026-11-25T00:00:00Z", "last_update_time": str(chunk_id + 590), "files": files,
+            "update_count": 0}))
+    return directory
+
+
+def assert_rows_in_their_pixels(catalog_dir: Path) -> int:
+    """Every row of every leaf file lies inside the pixel its path names; returns the number of rows checked."""
+    from hats.io.paths import get_healpix_from_path
+
+    rows = 0
+    for file in Path(os.path.realpath(catalog_dir)).rglob("Npix=*/*.parquet"):
+        pixel = get_healpix_from_path(str(file))
+        hp29 = pq.read_table(file, columns=["_healpix_29"])["_healpix_29"].to_numpy()
+        assert (hp29 >> (2 * (29 - pixel.order)) == pixel.pixel).all(), f"rows outside {pixel} in {file}"
+        rows += len(hp29)
+    return rows
+
+
+def assert_margin_rows_border_their_pixels(margin_dir: Path, threshold_arcsec: float) -> int:
+    """Every margin row lies in hats' margin (border cells) of the pixel it is filed under, outside that pixel."""
+    from hats.io.paths import get_healpix_from_path
+    from hats.pixel_math import get_margin
+    from hats.pixel_math.healpix_shim import margin2order
+
+    order = int(margin2order(threshold_arcsec / 60.0))
+    rows = 0
+    for file in Path(os.path.realpath(margin_dir)).rglob("Npix=*/*.parquet"):
+        pixel = get_healpix_from_path(str(file))
+        hp29 = pq.read_table(file, columns=["_healpix_29"])["_healpix_29"].to_numpy()
+        cells = hp29 >> (2 * (29 - order))
+        assert np.isin(cells, get_margin(pixel.order, pixel.pixel, order - pixel.order)).all(), file
+        rows += len(hp29)
+    return rows
+
+
+def expected_margin_rows(catalog_dir: Path, threshold_arcsec: float) -> int:
+    """Independent count of margin rows: rows of all pixels in the border cells of each other pixel."""
+    from hats.catalog import PartitionInfo
+    from hats.pixel_math import get_margin
+    from hats.pixel_math.healpix_shim import margin2order
+
+    order = int(margin2order(threshold_arcsec / 60.0))
+    catalog_dir = Path(os.path.realpath(catalog_dir))
+    hp29 = np.concatenate([pq.read_table(f, columns=["_healpix_29"])["_healpix_29"].to_numpy()
+                           for f in catalog_dir.rglob("Npix=*/*.parquet")])
+    cells = hp29 >> (2 * (29 - order))
+    total = 0
+    for pixel in PartitionInfo.read_from_dir(catalog_dir).get_healpix_pixels():
+        total += int(np.isin(cells, get_margin(pixel.order, pixel.pixel, order - pixel.order)).sum())
+    return total

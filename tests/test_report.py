@@ -1,0 +1,345 @@
+"""Preview (pending nights -> pixels), the ppdb-lc CLI, and the report plots/table.
+
+A small export is generated and a collection built with the package functions: bootstrap of the first night with
+a low pixel threshold (so that the coverage has holes and later nights create pixels), then one daily commit per
+remaining night. The preview taken before each step is checked against an independent computation (positions from
+pandas, pixels from hats' ``radec2pix`` at each pixel's order) and against what the commits actually did.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pyarrow.parquet as pq
+import pytest
+from conftest import Workspace, read_export, tree_digest
+from hats.catalog import PartitionInfo, TableProperties
+from hats.pixel_math.healpix_shim import radec2pix
+from matplotlib.image import imread
+
+from ppdb_lc import apdb, nightly, rebuild, report, stage
+from ppdb_lc.catalog import pixel_files
+from ppdb_lc.cli import apply_overrides, load_settings, main
+from ppdb_lc.generator import DemoSpec, generate_ppdb
+from ppdb_lc.ledger import Batch
+from ppdb_lc.planning import make_plan
+from ppdb_lc.preview import format_preview, preview
+from ppdb_lc.settings import Settings
+
+NIGHTS = ("2026-11-20", "2026-11-21", "2026-11-22")
+SPEC = DemoSpec(n_objects=400, nights=NIGHTS, chunks_per_night=3, seed=7)
+THRESHOLD = 5  # rows per new pixel: bootstrap pixels at order 4-8, leaving holes later nights fill
+
+
+@dataclass
+class Built:
+    ws: Workspace
+    bootstrap_preview: dict
+    nights_preview: dict
+    bootstrap_summary: dict
+    commits: list[dict]
+    bootstrap_pixels: list[str]
+    bootstrap_rows: dict[str, int]
+
+    def settings(self, *overrides: str) -> Settings:
+        return load_settings(self.ws.configfile, overrides)
+
+
+def _stage(batch: Batch, out: Path) -> dict[str, Path]:
+    staged = {ds: out / ds for ds in apdb.DATASETS}
+    for ds, path in staged.items():
+        stage.stage_dataset(batch.chunks, ds, path)
+    return staged
+
+
+def _keys(pixels) -> list[str]:
+    return [f"{p.order}/{p.pixel}" for p in pixels]
+
+
+def _rows_per_pixel(catalog_dir: Path) -> dict[str, int]:
+    counts: dict[str, int] = {}
+    for pixel, path in pixel_files(catalog_dir, PartitionInfo.read_from_dir(catalog_dir).get_healpix_pixels()):
+        counts[f"{pixel.order}/{pixel.pixel}"] = counts.get(f"{pixel.order}/{pixel.pixel}", 0) + \
+            pq.read_metadata(path).num_rows
+    return counts
+
+
+@pytest.fixture(scope="module")
+def built(tmp_path_factory: pytest.TempPathFactory) -> Built:
+    ws = Workspace(tmp_path_factory.mktemp("report"))
+    generate_ppdb(ws.ppdb, SPEC)
+    ws.write_config(catalog={"name": "dia_object_lc", "pixel_threshold": THRESHOLD, "highest_healpix_order": 8,
+                             "margin_threshold_arcsec": 10.0})
+    first = load_settings(ws.configfile, [f"until={NIGHTS[0]}"])
+    bootstrap_preview = preview(first)
+    batch = make_plan(first).bootstrap_batch
+    boot = rebuild.bootstrap(batch, _stage(batch, ws.work / "bootstrap"), ws.work / "scratch", first)
+    catalog_dir = ws.collection / "dia_object_lc"
+    bootstrap_pixels = _keys(PartitionInfo.read_from_dir(catalog_dir).get_healpix_pixels())
+    bootstrap_rows = _rows_per_pixel(catalog_dir)
+    bootstrap_total = int(TableProperties.read_from_dir(catalog_dir).total_rows)
+    assert bootstrap_total == sum(bootstrap_rows.values())
+    settings = load_settings(ws.configfile)
+    nights_preview = preview(settings)
+    commits = []
+    for batch in make_plan(settings).batches:
+        build = ws.work / batch.name / "build"
+        nightly.build_batch(batch, _stage(batch, ws.work / batch.name), build, settings)
+        commits.append(nightly.commit_batch(batch, build, settings))
+    return Built(ws, bootstrap_preview, nights_preview, boot, commits, bootstrap_pixels, bootstrap_rows)
+
+
+# -- independent expectation ---------------------------------------------------------------------------------
+def expected_rows(ppdb: Path, night: str) -> pd.DataFrame:
+    """Catalog rows of one night from pandas: latest object versions + orphans (latest forced, else mean source)."""
+    data = read_export(ppdb, [night])
+    objects = data["DiaObject"].sort_values("validityStartMjdTai").groupby("diaObjectId").tail(1)
+    objects = objects[["diaObjectId", "ra", "dec"]].assign(orphan=False)
+    known = set(objects["diaObjectId"])
+    forced = data["DiaForcedSource"]
+    forced = forced[~forced["diaObjectId"].isin(known)].sort_values("midpointMjdTai").groupby("diaObjectId").tail(1)
+    sources = data["DiaSource"].dropna(subset=["diaObjectId"])
+    sources = sources[~sources["diaObjectId"].isin(known) & ~sources["diaObjectId"].isin(forced["diaObjectId"])]
+    sources = sources.groupby("diaObjectId", as_index=False)[["ra", "dec"]].mean()
+    orphans = pd.concat([forced[["diaObjectId", "ra", "dec"]], sources]).assign(orphan=True)
+    return pd.concat([objects, orphans], ignore_index=True)
+
+
+def counts_in(pixels: list[str], ra: np.ndarray, dec: np.ndarray) -> tuple[dict[str, int], np.ndarray]:
+    """Rows inside each of ``pixels`` by ``radec2pix`` at the pixel's own order, and the mask of rows in none."""
+    counts, inside = {}, np.zeros(len(ra), dtype=bool)
+    for key in pixels:
+        order, pixel = (int(x) for x in key.split("/"))
+        hit = np.asarray(radec2pix(order, ra, dec)) == pixel
+        assert not (hit & inside).any(), "pixels overlap"
+        inside |= hit
+        if hit.any():
+            counts[key] = int(hit.sum())
+    return counts, ~inside
+
+
+# -- preview -------------------------------------------------------------------------------------------------
+def test_bootstrap_preview_matches_built_catalog(built: Built) -> None:
+    result = built.bootstrap_preview
+    assert result["bootstrap_needed"] and result["version"] is None
+    assert [n["night"] for n in result["nights"]] == [NIGHTS[0]]
+    boot = result["bootstrap"]
+    assert boot["objects"] == sum(built.bootstrap_rows.values()) == built.bootstrap_summary["objects"]
+    # Same pixels (at several orders) and the same number of rows in each as the catalog bootstrap wrote.
+    assert sorted(boot["pixels_created"]) == sorted(built.bootstrap_pixels)
+    assert boot["pixels_created"] == built.bootstrap_rows
+    assert len({k.split("/")[0] for k in boot["pixels_created"]}) > 1  # the threshold forced several orders
+    assert "bootstrap needed" in format_preview(result)
+
+
+def test_nights_preview_rows_from_manifests(built: Built) -> None:
+    nights = built.nights_preview["nights"]
+    assert [n["night"] for n in nights] == list(NIGHTS[1:])
+    assert [n["batch"] for n in nights] == list(NIGHTS[1:])
+    for night in nights:
+        data = read_export(built.ws.ppdb, [night["night"]])
+        assert night["rows_in"] == {ds: len(data[ds]) for ds in apdb.DATASETS}
+        assert night["chunks"] == SPEC.chunks_per_night
+        assert night["rows_in"]["DiaObject"] > 0
+
+
+def test_nights_preview_pixels_match_radec2pix(built: Built) -> None:
+    """Receiving/created pixels and their row counts against pandas positions + radec2pix, night after night."""
+    result = built.nights_preview
+    existing = list(built.bootstrap_pixels)
+    assert result["existing_pixels"] == sorted(existing, key=lambda k: result["existing_pixels"].index(k))
+    assert set(result["existing_pixels"]) == set(existing)
+    created_total = 0
+    for night in result["nights"]:
+        rows = expected_rows(built.ws.ppdb, night["night"])
+        assert night["catalog_rows"] == len(rows)
+        assert night["orphan_rows"] == int(rows["orphan"].sum()) > 0
+        ra, dec = rows["ra"].to_numpy(float), rows["dec"].to_numpy(float)
+        receiving, outside = counts_in(existing, ra, dec)
+        assert night["pixels_receiving"] == receiving
+        created, left = counts_in(list(night["pixels_created"]), ra[outside], dec[outside])
+        assert created == night["pixels_created"]
+        assert not left.any(), "rows outside existing coverage that no created pixel holds"
+        assert all(n <= THRESHOLD for n in created.values())
+        created_total += len(created)
+        existing += list(created)
+    assert created_total > 0, "the test data should make daily create pixels"
+
+
+def test_nights_preview_matches_commits(built: Built) -> None:
+    for night, commit in zip(built.nights_preview["nights"], built.commits, strict=True):
+        assert commit["batch"] == night["batch"]
+        assert {**night["pixels_receiving"], **night["pixels_created"]} == commit["pixels_touched"]
+        assert sorted(night["pixels_created"]) == sorted(f"{o}/{p}" for o, p in commit["pixels_created"])
+        assert night["catalog_rows"] == commit["catalog_rows_added"]
+        assert night["orphan_rows"] == commit["orphan_rows"]
+        assert night["rows_in"] == commit["rows_in"]
+
+
+def test_preview_text(built: Built) -> None:
+    text = format_preview(built.nights_preview)
+    for night in built.nights_preview["nights"]:
+        assert f"night {night['night']} (batch {night['batch']}): {night['chunks']} chunks" in text
+        assert f"existing pixels receiving files ({len(night['pixels_receiving'])})" in text
+        assert f"new pixels created ({len(night['pixels_created'])})" in text
+    assert f"{len(built.bootstrap_pixels)} pixels, skymap order 8" in text
+
+
+def test_preview_after_daily_and_writes_nothing(built: Built) -> None:
+    before = tree_digest(built.ws.collection)
+    work_before = sorted(p for p in built.ws.work.rglob("*"))
+    result = preview(built.settings())
+    assert result["nights"] == [] and not result["bootstrap_needed"]
+    assert result["version"] == os.path.basename(os.path.realpath(built.ws.collection))
+    assert "nothing pending" in format_preview(result)
+    assert tree_digest(built.ws.collection) == before
+    assert sorted(p for p in built.ws.work.rglob("*")) == work_before
+
+
+# -- CLI -----------------------------------------------------------------------------------------------------
+def test_apply_overrides() -> None:
+    config = {"ppdb_dir": "a", "catalog": {"name": "x", "pixel_threshold": 10}}
+    out = apply_overrides(config, ["catalog.pixel_threshold=3", "until=2026-11-21", "work_dir=/w"])
+    assert out == {"ppdb_dir": "a", "catalog": {"name": "x", "pixel_threshold": 3}, "until": "2026-11-21",
+                   "work_dir": "/w"}
+    assert config["catalog"]["pixel_threshold"] == 10  # copied, not modified
+    with pytest.raises(ValueError):
+        apply_overrides(config, ["no-equals-sign"])
+
+
+def test_cli_preview_json(built: Built, capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
+    missing = tmp_path / "none"
+    args = ["preview", "--config", str(built.ws.configfile), "--set", f"collection_dir={missing}",
+            "--set", "catalog.pixel_threshold=100000", "--json"]
+    assert main(args) == 0
+    result = json.loads(capsys.readouterr().out)
+    assert result["bootstrap_needed"] and result["pixel_threshold"] == 100000
+    assert [n["night"] for n in result["nights"]] == list(NIGHTS)
+    # Under a threshold above the object count the whole field is one pixel at the order that still holds it.
+    assert len(result["bootstrap"]["pixels_created"]) >= 1
+    assert sum(result["bootstrap"]["pixels_created"].values()) == result["bootstrap"]["objects"]
+    assert main(args[:-1]) == 0
+    assert "bootstrap needed: `snakemake bootstrap` would build" in capsys.readouterr().out
+
+
+def test_cli_summary(built: Built, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["summary", str(built.ws.collection)]) == 0
+    out = capsys.readouterr().out
+    catalog_dir = built.ws.collection / "dia_object_lc"
+    total = int(TableProperties.read_from_dir(catalog_dir).total_rows)
+    pixels = len(PartitionInfo.read_from_dir(catalog_dir).get_healpix_pixels())
+    assert f"catalog dia_object_lc: {total} rows in {pixels} pixels" in out
+    assert f"ledger: {len(NIGHTS) * SPEC.chunks_per_night} chunks over {len(NIGHTS)} nights" in out
+    for night in NIGHTS:
+        assert f"  {night}: {SPEC.chunks_per_night} chunks" in out
+    match = re.search(r"id_search\(diaObjectId=(\d+)\) found (\d+) row\(s\)", out)
+    assert match, out
+    ids = np.concatenate([pq.read_table(f, columns=["diaObjectId"])["diaObjectId"].to_numpy()
+                          for _, f in pixel_files(catalog_dir, PartitionInfo.read_from_dir(catalog_dir)
+                                                  .get_healpix_pixels())])
+    assert int(match.group(2)) == int((ids == int(match.group(1))).sum()) >= 1  # one row per night seen
+    assert f"-> {os.path.basename(os.path.realpath(built.ws.collection))}" in out
+    assert main(["summary", str(built.ws.root / "missing")]) == 1
+
+
+# -- report --------------------------------------------------------------------------------------------------
+BENCH_HEADER = "s\th:m:s\tmax_rss\tmax_vms\tmax_uss\tmax_pss\tio_in\tio_out\tmean_load\tcpu_time\n"
+
+
+def write_benchmarks(root: Path) -> dict[tuple[str, str], tuple[float, float]]:
+    """Benchmark files as Snakemake writes them; returns {(job, batch): (seconds, max_rss)}."""
+    jobs = {("bootstrap_collection", "bootstrap"): (17.5, 550.0), ("compact_collection", "weekly after v000004-"
+            + NIGHTS[-1]): (50.25, 512.5)}
+    paths = {("bootstrap_collection", "bootstrap"): root / "bootstrap_collection.tsv",
+             ("compact_collection", "weekly after v000004-" + NIGHTS[-1]): root / "compact_collection" /
+             f"v000004-{NIGHTS[-1]}.tsv"}
+    for i, night in enumerate(NIGHTS[1:]):
+        for rule in ("build_batch", "commit_batch"):
+            jobs[(rule, night)] = (10.0 + i, 280.0 + i)
+            paths[(rule, night)] = root / rule / f"{night}.tsv"
+        for j, ds in enumerate(apdb.DATASETS):
+            jobs[(f"stage_dataset {ds}", night)] = (12.0 + j, 260.0 + j)
+            paths[(f"stage_dataset {ds}", night)] = root / "stage_dataset" / night / f"{ds}.tsv"
+    for key, path in paths.items():
+        path.parent.mkdir(parents=True, exist_ok=True)
+        seconds, rss = jobs[key]
+        path.write_text(BENCH_HEADER + f"{seconds}\t0:00:{int(seconds):02d}\t{rss}\t1900\t170\t190\t0\t7\t30\t4\n")
+    return jobs
+
+
+def test_read_benchmarks(tmp_path: Path) -> None:
+    jobs = write_benchmarks(tmp_path)
+    records = report.read_benchmarks(report.benchmark_files(tmp_path), tmp_path)
+    assert {(r.job, r.batch): (r.seconds, r.max_rss_mb) for r in records} == jobs
+    assert {r.rule for r in records} == {"bootstrap_collection", "compact_collection", "build_batch", "commit_batch",
+                                         "stage_dataset"}
+
+
+def test_summaries_order_and_sizes(built: Built) -> None:
+    files = sorted((built.ws.collection / "ingest" / "batches").glob("*.json"))
+    summaries = report.load_summaries(files)
+    assert [s["batch"] for s in summaries] == ["bootstrap", *NIGHTS[1:]]
+    assert [report.commit_number(s) for s in summaries] == [1, 2, 3]
+    added = [c["catalog_rows_added"] for c in built.commits]
+    boot = built.bootstrap_summary["objects"]
+    assert report.catalog_sizes(summaries) == [boot, boot + added[0], boot + added[0] + added[1]]
+    total = int(TableProperties.read_from_dir(built.ws.collection / "dia_object_lc").total_rows)
+    assert report.catalog_sizes(summaries)[-1] == total
+    assert report.latest_night(summaries)["batch"] == NIGHTS[-1]
+
+
+def test_report_outputs(built: Built, tmp_path: Path) -> None:
+    bench = tmp_path / "benchmarks"
+    write_benchmarks(bench)
+    files = sorted((built.ws.collection / "ingest" / "batches").glob("*.json"))
+    out = {name: tmp_path / "report" / name for name in ("sky.png", "size.png", "bench.png", "nights.html")}
+    report.make_report(files, report.benchmark_files(bench), bench, sky=out["sky.png"], size=out["size.png"],
+                       benchmarks=out["bench.png"], table=out["nights.html"],
+                       catalog_dir=built.ws.collection / "dia_object_lc")
+    for name in ("sky.png", "size.png", "bench.png"):
+        assert out[name].read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+        assert out[name].stat().st_size > 20_000, name
+        height, width = imread(out[name]).shape[:2]
+        assert height > 300 and width > 500, name
+    table = out["nights.html"].read_text()
+    assert table.count("<tr class=") == 1 + len(built.commits)
+    for commit in built.commits:
+        assert f"<td class=\"txt\">{commit['night']}</td>" in table
+        assert f"<td class=\"num\">{commit['catalog_rows_added']:,}</td>" in table
+        assert f"<td class=\"num\">{commit['rows_in']['DiaForcedSource']:,}</td>" in table
+    rows = report.summary_rows(report.load_summaries(files))
+    assert [r["pixels created"] for r in rows[1:]] == [len(c["pixels_created"]) for c in built.commits]
+    assert rows[0]["kind"] == "bootstrap" and rows[0]["nights"] == NIGHTS[0]
+
+
+def test_sky_plot_without_nightly_batch(built: Built, tmp_path: Path) -> None:
+    summaries = report.load_summaries([built.ws.collection / "ingest" / "batches" / "bootstrap.json"])
+    path = report.plot_latest_night(summaries, tmp_path / "sky.png", built.ws.collection / "dia_object_lc")
+    assert path.stat().st_size > 20_000
+    counts = report.catalog_pixel_rows(built.ws.collection / "dia_object_lc")
+    assert sum(counts.values()) == int(TableProperties.read_from_dir(built.ws.collection / "dia_object_lc").total_rows)
+
+
+# -- the Snakemake rules -------------------------------------------------------------------------------------
+@pytest.mark.workflow
+def test_preview_and_report_rules(built: Built) -> None:
+    before = tree_digest(built.ws.collection)
+    proc = built.ws.snakemake("preview")
+    expected = format_preview(preview(built.settings()))
+    assert expected in proc.stdout
+    assert (built.ws.work / "preview.txt").read_text() == expected + "\n"
+    assert "Nothing to be done" not in built.ws.snakemake("preview").stdout + built.ws.snakemake("preview").stderr
+    built.ws.snakemake("report_plots")
+    folder = built.ws.work / "report"
+    names = ["latest_night_pixels.png", "catalog_size.png", "rule_benchmarks.png", "night_summaries.html"]
+    assert sorted(p.name for p in folder.iterdir()) == sorted(names)
+    assert all((folder / n).stat().st_size > 2_000 for n in names)
+    again = built.ws.snakemake("report_plots")
+    assert "Nothing to be done" in again.stdout + again.stderr
+    assert tree_digest(built.ws.collection) == before
