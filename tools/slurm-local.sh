@@ -119,8 +119,23 @@ PartitionName=debug Nodes=ALL Default=YES MaxTime=INFINITE State=UP
 CONF
 }
 
+cancel_jobs() {   # jobs still queued/running on this cluster (e.g. after an interrupted test): their steps
+    local ids   # would outlive slurmd
+    pid_alive "$SLURM_BASE/run/slurmctld.pid" && [ -e "$CONF" ] || return 0
+    ids=$(squeue -h -t PENDING,RUNNING,CONFIGURING,COMPLETING -o '%i' 2>/dev/null | tr '\n' ' ' || true)
+    [ -n "${ids// /}" ] || return 0
+    say "cancelling jobs still on the cluster: $ids"
+    # shellcheck disable=SC2086
+    scancel $ids 2>/dev/null || true
+    for _ in $(seq 1 30); do
+        [ -z "$(squeue -h -t PENDING,RUNNING,CONFIGURING,COMPLETING -o '%i' 2>/dev/null)" ] && break
+        sleep 0.5
+    done
+}
+
 stop_daemons() {   # Step 6, first half: kill by pid, wait until gone
     local f pid pids=()
+    cancel_jobs
     local files=("$SLURM_BASE/run/slurmd.pid" "$SLURM_BASE/run/slurmctld.pid")
     [ -e "$SLURM_BASE/run/munged.ours" ] && files+=(/run/munge/munged.pid)
     for f in "${files[@]}"; do

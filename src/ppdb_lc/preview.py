@@ -192,7 +192,8 @@ def format_preview(result: dict[str, Any]) -> str:
             lines.append(f"  new pixels created ({len(night['pixels_created'])}): "
                          f"{_pixel_list(night['pixels_created'])}")
     if not result["nights"]:
-        lines.append("nothing pending: no new complete chunk" + (f" up to {result['until']}" if result["until"] else ""))
+        until = f" up to {result['until']}" if result["until"] else ""
+        lines.append(f"nothing pending: no new complete chunk{until}")
     if result["bootstrap_needed"] and result["nights"]:
         boot = result["bootstrap"]
         lines.append(f"bootstrap needed: `snakemake bootstrap` would build {boot['objects']} objects from "
