@@ -34,10 +34,6 @@ installed() {
 
 install_packages() {   # Step 1
     installed && return 0
-    if [ "$(id -u)" != 0 ]; then
-        say "ERROR: SLURM is not installed and installing it needs root (apt-get install ${PACKAGES[*]})"
-        exit "$UNAVAILABLE"
-    fi
     if ! command -v apt-get >/dev/null; then
         say "ERROR: SLURM is not installed and there is no apt-get to install ${PACKAGES[*]}"
         exit "$UNAVAILABLE"
@@ -154,6 +150,10 @@ stop_daemons() {   # Step 6, first half: kill by pid, wait until gone
 }
 
 cmd_up() {
+    if [ "$(id -u)" != 0 ]; then
+        say "ERROR: needs root (installs ${PACKAGES[*]} with apt, writes $CONF, starts munged/slurmctld/slurmd)"
+        exit "$UNAVAILABLE"
+    fi
     mkdir -p "$SLURM_BASE"   # Step 0
     install_packages
     # a cluster left over from an earlier `up` with the same SLURM_BASE: stop it and start afresh

@@ -11,7 +11,6 @@ Every data file is written with one fixed schema (:func:`lightcurves.catalog_sch
 from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
 from pathlib import Path
 
 import hats
@@ -28,23 +27,6 @@ from ppdb_lc import __version__
 
 BUILDER = f"ppdb-lc v{__version__}"
 WRITE_OPTIONS = {"compression": "zstd", "row_group_size": 100_000}
-
-
-@dataclass(frozen=True)
-class CollectionNames:
-    """Names of the collection's sub-catalogs."""
-
-    catalog: str = "dia_object_lc"
-    margin_arcsec: float = 10.0
-    index_column: str = "diaObjectId"
-
-    @property
-    def margin(self) -> str:
-        return f"{self.catalog}_{int(self.margin_arcsec)}arcs"
-
-    @property
-    def index(self) -> str:
-        return f"{self.catalog}_{self.index_column}"
 
 
 def is_data_file(path: Path) -> bool:

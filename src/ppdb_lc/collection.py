@@ -14,7 +14,7 @@ from pathlib import Path
 from hats.catalog import TableProperties
 from hats.catalog.dataset.collection_properties import CollectionProperties
 
-from ppdb_lc.catalog import CollectionNames
+from ppdb_lc.settings import CollectionNames
 
 log = logging.getLogger(__name__)
 

@@ -13,7 +13,7 @@ from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
-from ppdb_lc import nightly, rebuild, stage
+from ppdb_lc.chunks import Chunk, check_chunk
 from ppdb_lc.ledger import Batch
 from ppdb_lc.settings import Settings
 
@@ -38,8 +38,13 @@ def job_log(path: str | Path | None) -> Iterator[None]:
             sys.stderr = old
 
 
+def chunks_from_manifests(manifests: Sequence[str | Path]) -> list[Chunk]:
+    """Re-read (and re-check) the chunks a job was planned with: their manifests are the job's inputs."""
+    return [check_chunk(Path(m).parent, Path(m)) for m in manifests]
+
+
 def _batch(name: str, night: str, manifests: Sequence[str]) -> Batch:
-    return Batch(name=name, night=night, chunks=nightly.chunks_from_manifests(manifests))
+    return Batch(name=name, night=night, chunks=chunks_from_manifests(manifests))
 
 
 def _write_json(path: str | Path, data: dict) -> None:
@@ -49,13 +54,17 @@ def _write_json(path: str | Path, data: dict) -> None:
 
 
 def stage_dataset(manifests: Sequence[str], dataset: str, out_dir: str, config: dict[str, Any], log: str) -> None:
+    from ppdb_lc import stage
+
     with job_log(log):
-        chunks = nightly.chunks_from_manifests(manifests)
+        chunks = chunks_from_manifests(manifests)
         stage.stage_dataset(chunks, dataset, Path(out_dir), Settings.from_config(config).keep_float64)
 
 
 def build_batch(name: str, night: str, manifests: Sequence[str], staged: dict[str, str], out_dir: str,
                 config: dict[str, Any], log: str) -> None:
+    from ppdb_lc import nightly
+
     with job_log(log):
         nightly.build_batch(_batch(name, night, manifests), {k: Path(v) for k, v in staged.items()}, Path(out_dir),
                             Settings.from_config(config))
@@ -63,6 +72,8 @@ def build_batch(name: str, night: str, manifests: Sequence[str], staged: dict[st
 
 def commit_batch(name: str, night: str, manifests: Sequence[str], build_dir: str, marker: str,
                  config: dict[str, Any], log: str) -> None:
+    from ppdb_lc import nightly
+
     with job_log(log):
         summary = nightly.commit_batch(_batch(name, night, manifests), Path(build_dir), Settings.from_config(config))
         _write_json(marker, summary)
@@ -70,6 +81,8 @@ def commit_batch(name: str, night: str, manifests: Sequence[str], build_dir: str
 
 def bootstrap(manifests: Sequence[str], staged: dict[str, str], scratch: str, marker: str, config: dict[str, Any],
               threads: int, mem_mb: int | None, log: str) -> None:
+    from ppdb_lc import rebuild
+
     with job_log(log):
         batch = _batch(rebuild.BOOTSTRAP_LABEL, rebuild.BOOTSTRAP_LABEL, manifests)
         summary = rebuild.bootstrap(batch, {k: Path(v) for k, v in staged.items()}, Path(scratch),
@@ -78,6 +91,8 @@ def bootstrap(manifests: Sequence[str], staged: dict[str, str], scratch: str, ma
 
 
 def weekly(scratch: str, marker: str, config: dict[str, Any], threads: int, mem_mb: int | None, log: str) -> None:
+    from ppdb_lc import rebuild
+
     with job_log(log):
         summary = rebuild.weekly(Path(scratch), Settings.from_config(config), threads=threads, mem_mb=mem_mb)
         _write_json(marker, summary)

@@ -30,7 +30,6 @@ from hats.pixel_math import HealpixPixel
 from hats.pixel_math.spatial_index import SPATIAL_INDEX_COLUMN
 
 from ppdb_lc import apdb, catalog, lightcurves, margins, partitioning, stage
-from ppdb_lc.chunks import Chunk
 from ppdb_lc.ledger import Batch, entries_for, read_ledger, write_ledger
 from ppdb_lc.settings import Settings
 from ppdb_lc.versions import CollectionStateError, VersionedCollection
@@ -250,10 +249,3 @@ def commit_batch(batch: Batch, build_dir: Path, settings: Settings) -> dict:
     summary["version"] = version.name
     log.info("committed %s as %s in %.1f s", batch.name, version.name, time.time() - started)
     return summary
-
-
-def chunks_from_manifests(manifests: Sequence[str | Path]) -> list[Chunk]:
-    """Re-read the chunks a job was planned with (their manifests are the job's inputs)."""
-    from ppdb_lc.chunks import check_chunk
-
-    return [check_chunk(Path(m).parent, Path(m)) for m in manifests]

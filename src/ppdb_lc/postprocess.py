@@ -9,17 +9,15 @@ import logging
 import re
 from collections.abc import Sequence
 
-import astropy.units as u
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
 from ppdb_lc import apdb
+from ppdb_lc.settings import DEFAULT_KEEP_FLOAT64
 
 log = logging.getLogger(__name__)
 
-#: Columns kept float64 besides every ``*MjdTai`` column: positions and their errors, pixel coordinates.
-DEFAULT_KEEP_FLOAT64: tuple[str, ...] = ("ra", "dec", "raErr", "decErr", "x", "y", "xErr", "yErr", "trailRa", "trailDec")
 _MJD = re.compile(r".*MjdTai$")
 
 
@@ -60,6 +58,8 @@ def latest_versions(objects: pa.Table) -> pa.Table:
 
 
 def _ab_mag(flux: np.ndarray) -> np.ndarray:
+    import astropy.units as u  # imported here: the workflow parses this package at every start
+
     with np.errstate(invalid="ignore", divide="ignore"):
         mag = (np.where(flux > 0, flux, np.nan) * u.nJy).to_value(u.ABmag)
     return mag

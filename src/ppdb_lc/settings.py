@@ -6,8 +6,27 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ppdb_lc import postprocess
-from ppdb_lc.catalog import CollectionNames
+
+
+@dataclass(frozen=True)
+class CollectionNames:
+    """Names of the collection's sub-catalogs."""
+
+    catalog: str = "dia_object_lc"
+    margin_arcsec: float = 10.0
+    index_column: str = "diaObjectId"
+
+    @property
+    def margin(self) -> str:
+        return f"{self.catalog}_{int(self.margin_arcsec)}arcs"
+
+    @property
+    def index(self) -> str:
+        return f"{self.catalog}_{self.index_column}"
+
+
+#: Columns kept float64 besides every ``*MjdTai`` column: positions and their errors, pixel coordinates.
+DEFAULT_KEEP_FLOAT64: tuple[str, ...] = ("ra", "dec", "raErr", "decErr", "x", "y", "xErr", "yErr", "trailRa", "trailDec")
 
 
 @dataclass(frozen=True)
@@ -22,7 +41,7 @@ class Settings:
     pixel_threshold: int = 1_000_000
     highest_healpix_order: int = 8
     skymap_alt_orders: tuple[int, ...] = (2, 4, 6)
-    keep_float64: tuple[str, ...] = postprocess.DEFAULT_KEEP_FLOAT64
+    keep_float64: tuple[str, ...] = DEFAULT_KEEP_FLOAT64
     keep_versions: int = 2
     validate_commits: bool = True
     on_invalid_chunk: str = "error"
@@ -44,7 +63,7 @@ class Settings:
             pixel_threshold=int(catalog.get("pixel_threshold", 1_000_000)),
             highest_healpix_order=int(catalog.get("highest_healpix_order", 8)),
             skymap_alt_orders=tuple(catalog.get("skymap_alt_orders", (2, 4, 6))),
-            keep_float64=tuple(catalog.get("keep_float64", postprocess.DEFAULT_KEEP_FLOAT64)),
+            keep_float64=tuple(catalog.get("keep_float64", DEFAULT_KEEP_FLOAT64)),
             keep_versions=int(config.get("keep_versions", 2)),
             validate_commits=bool(config.get("validate_commits", True)),
             on_invalid_chunk=str(config.get("on_invalid_chunk", "error")),
