@@ -91,8 +91,11 @@ def example_ids(collection: Path, count: int = 3) -> list[int]:
     cat = VersionedCollection(collection).current() / "dia_object_lc"
     pixels = PartitionInfo.read_from_dir(cat).get_healpix_pixels()
     step = max(1, len(pixels) // count)
-    files = pixel_files(cat, pixels[::step][:count])
-    return [int(pq.read_table(f, columns=["diaObjectId"])["diaObjectId"][0].as_py()) for _, f in files]
+    ids = []
+    for pixel in pixels[::step][:count]:
+        _, first = pixel_files(cat, [pixel])[0]
+        ids.append(int(pq.read_table(first, columns=["diaObjectId"])["diaObjectId"][0].as_py()))
+    return ids
 
 
 def time_queries(collection: Path, ids: list[int], spec: DemoSpec, repeats: int) -> dict[str, Any]:
@@ -217,7 +220,8 @@ def main(argv: list[str] | None = None) -> int:
     weekly_batch = next(r.batch for r in records if r.rule == "compact_collection")
     steps = [{"step": f"bootstrap {nights[0]}", "wall_s": walls["bootstrap"], "input_rows": rows[nights[0]],
               "rules": rule_figures(records, "bootstrap")}]
-    steps += [{"step": f"daily {night}", "wall_s": walls[night], "input_rows": rows[night],
+    profiled = nights[-1] if profile_svg is not None else None
+    steps += [{"step": f"daily {night}" + (" (py-spy)" if night == profiled else ""), "wall_s": walls[night], "input_rows": rows[night],
                "rules": rule_figures(records, night)} for night in nights[1:]]
     steps.append({"step": "weekly", "wall_s": walls["weekly"], "input_rows": int(weekly_summary["rows_in"]),
                   "rules": rule_figures(records, weekly_batch)})
@@ -254,7 +258,7 @@ def main(argv: list[str] | None = None) -> int:
                  f", after {weekly_summary['pixels']}; rows before {weekly_summary['rows_in']}, after "
                  f"{weekly_summary['objects']}")
     if profile_svg is not None:
-        lines.append(f"profile of the last daily: {profile_svg}")
+        lines.append(f"profile of the last daily (its wall time includes py-spy's overhead): {profile_svg}")
     text = "\n".join(lines)
     print("\n" + text)
     (out / "table.txt").write_text(text + "\n")

@@ -1,21 +1,9 @@
 # Full build of a new collection from every complete chunk up to `until`.
 
 
-def bootstrap_input(wildcards):
-    if PLAN.collection_exists:
-        raise WorkflowError(
-            f"{SETTINGS.collection_dir} already exists: bootstrap only builds a new collection "
-            "(use `snakemake daily` to add nights, or remove the collection first)"
-        )
-    check_plan("bootstrap")
-    if BOOTSTRAP is None:
-        raise WorkflowError(f"no complete chunk found in {SETTINGS.ppdb_dir} (until={SETTINGS.until or 'all'})")
-    return staged("bootstrap")
-
-
 rule bootstrap_collection:
     input:
-        unpack(bootstrap_input),
+        **staged("bootstrap"),
     output:
         temp(committed("bootstrap")),
     params:
@@ -38,4 +26,4 @@ rule bootstrap_collection:
 
 rule bootstrap:
     input:
-        committed("bootstrap"),
+        bootstrap_target,

@@ -24,14 +24,6 @@ rule commit_batch:
         "../scripts/commit_batch.py"
 
 
-def daily_input(wildcards):
-    if PLAN.collection_exists or not BATCHES:
-        check_plan("daily")
-    if not PLAN.collection_exists and BATCHES:
-        raise WorkflowError(f"no collection at {SETTINGS.collection_dir}: run `snakemake bootstrap` first")
-    return [committed(name) for name in BATCHES]
-
-
 rule daily:
     input:
         daily_input,

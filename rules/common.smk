@@ -67,3 +67,31 @@ def check_plan(target):
                 f"{committed(name)} exists but batch {name} is not in the ledger of {SETTINGS.collection_dir}: "
                 f"the collection was replaced; remove {work('batches', name)} and run again"
             )
+
+
+# Inputs of the target rules: refusals are raised here, on the target itself.
+def daily_input(wildcards):
+    if PLAN.collection_exists or not BATCHES:
+        check_plan("daily")
+    if not PLAN.collection_exists and BATCHES:
+        raise WorkflowError(f"no collection at {SETTINGS.collection_dir}: run `snakemake bootstrap` first")
+    return [committed(name) for name in BATCHES]
+
+
+def bootstrap_target(wildcards):
+    """Checked on the target rule itself, so a refusal is never mistaken for 'nothing to be done'."""
+    if PLAN.collection_exists:
+        raise WorkflowError(
+            f"{SETTINGS.collection_dir} already exists: bootstrap only builds a new collection "
+            "(use `snakemake daily` to add nights, or remove the collection first)"
+        )
+    check_plan("bootstrap")
+    if BOOTSTRAP is None:
+        raise WorkflowError(f"no complete chunk found in {SETTINGS.ppdb_dir} (until={SETTINGS.until or 'all'})")
+    return committed("bootstrap")
+
+
+def weekly_input(wildcards):
+    if not PLAN.collection_exists:
+        raise WorkflowError(f"no collection at {SETTINGS.collection_dir}: run `snakemake bootstrap` first")
+    return [work("weekly", f"compacted-{PLAN.version}.json")] if PLAN.weekly_needed else []

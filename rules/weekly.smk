@@ -1,12 +1,6 @@
 # Weekly compaction: one row per object, repartitioned, margin + index regenerated, switched atomically.
 
 
-def weekly_input(wildcards):
-    if not PLAN.collection_exists:
-        raise WorkflowError(f"no collection at {SETTINGS.collection_dir}: run `snakemake bootstrap` first")
-    return [work("weekly", f"compacted-{PLAN.version}.json")] if PLAN.weekly_needed else []
-
-
 rule compact_collection:
     output:
         work("weekly", "compacted-{version}.json"),

@@ -1,7 +1,7 @@
 """The workflow through profiles/slurm on a real single-node SLURM cluster (tools/slurm-local.sh).
 
 Needs root and apt on Debian (the fixture installs slurmctld/slurmd/slurm-client/munge if missing; the tests are
-skipped only when that is impossible). Takes ~4 minutes on 2 cores: every SLURM job pays two Snakemake start-ups.
+skipped only when that is impossible). Takes 3-4.5 minutes on 2 cores: every SLURM job pays two Snakemake start-ups.
 Deselect with ``pytest -m "not slurm"``. SLURM_BASE (default /tmp/ppdb-lc-slurm) holds the cluster's state and logs.
 """
 
