@@ -5,6 +5,9 @@
 #   daily      add every new complete night: stage -> build -> commit, one night after the other
 #   weekly     fold the dailies into one row per object, repartition, rebuild margin + index
 #   status     print, in plain words, what daily/bootstrap would do (writes nothing)
+#   preview    the pending nights with the existing pixels they would touch and the pixels they would create
+#   report_plots  sky map of the latest night, catalog size over nights, per-rule time/memory, night table
+#                 (`snakemake report_plots --report report.html`)
 #
 # Stages, one rule file each: stage.smk (read + check + postprocess chunks per dataset), build.smk (nest
 # light curves, place rows in pixels, margins, index rows), commit.smk (publish a new collection version),
@@ -16,6 +19,9 @@ min_version("9.15")
 
 
 configfile: "config/config.yaml"
+
+
+report: "report/workflow.rst"
 
 
 include: "rules/common.smk"

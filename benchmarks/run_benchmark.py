@@ -149,12 +149,12 @@ def night_rows(collection: Path) -> dict[str, int]:
 
 
 def format_table(steps: list[dict[str, Any]]) -> str:
-    head = f"{'step':<22}{'wall s':>8}{'input rows':>12}{'rows/s':>9}"
+    head = f"{'step':<27}{'wall s':>8}{'input rows':>12}{'rows/s':>9}"
     for rule in RULES:
         head += f"{rule + ' s':>16}{'MB':>7}"
     lines = [head, "-" * len(head)]
     for step in steps:
-        line = f"{step['step']:<22}{step['wall_s']:>8.1f}{step['input_rows']:>12,}" \
+        line = f"{step['step']:<27}{step['wall_s']:>8.1f}{step['input_rows']:>12,}" \
                f"{step['input_rows'] / step['wall_s']:>9,.0f}"
         for rule in RULES:
             fig = step["rules"].get(rule)
@@ -221,8 +221,8 @@ def main(argv: list[str] | None = None) -> int:
     steps = [{"step": f"bootstrap {nights[0]}", "wall_s": walls["bootstrap"], "input_rows": rows[nights[0]],
               "rules": rule_figures(records, "bootstrap")}]
     profiled = nights[-1] if profile_svg is not None else None
-    steps += [{"step": f"daily {night}" + (" (py-spy)" if night == profiled else ""), "wall_s": walls[night], "input_rows": rows[night],
-               "rules": rule_figures(records, night)} for night in nights[1:]]
+    steps += [{"step": f"daily {night}" + (" (py-spy)" if night == profiled else ""), "wall_s": walls[night],
+               "input_rows": rows[night], "rules": rule_figures(records, night)} for night in nights[1:]]
     steps.append({"step": "weekly", "wall_s": walls["weekly"], "input_rows": int(weekly_summary["rows_in"]),
                   "rules": rule_figures(records, weekly_batch)})
     steps.append({"step": "full rebuild", "wall_s": walls["full_rebuild"], "input_rows": sum(rows.values()),
@@ -231,7 +231,7 @@ def main(argv: list[str] | None = None) -> int:
 
     dailies = [s for s in steps if s["step"].startswith("daily")]
     ratios: dict[str, float] = {}
-    if dailies:
+    if len(dailies) >= 2:
         first, last = dailies[0], dailies[-1]
         ratios["daily wall, last/first night"] = last["wall_s"] / first["wall_s"]
         ratios["daily wall per input row, last/first night"] = (last["wall_s"] / last["input_rows"]) / (

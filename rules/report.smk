@@ -1,11 +1,11 @@
 # Reporting. None of these rules writes into the collection or into any file another rule reads.
 #
-#   status        print, in plain words, what daily/bootstrap would do (the plan, see onstart in the Snakefile)
+#   status        print, in plain words, what daily/bootstrap would do (the plan, printed at parse time)
 #   preview       also where the pending rows would go: existing pixels receiving files and new pixels; printed
 #                 and copied to <work_dir>/preview.txt. The rule has no declared output, so it runs every time.
 #   report_plots  sky map of the latest night, catalog size over nights, per-rule runtime/memory, night table,
 #                 under <work_dir>/report/; then `snakemake --report report.html` collects them.
-import glob
+from ppdb_lc.report import batch_summary_files
 
 
 rule status:
@@ -15,29 +15,21 @@ rule status:
 
 rule preview:
     localrule: True
-    params:
-        text=work("preview.txt"),
+    log:
+        work("preview.txt"),  # the printed preview; a log, not an output, so that the rule always runs
     conda:
         "../envs/ppdb_lc.yaml"
     script:
         "../scripts/preview.py"
 
 
-def report_batches(wildcards):
-    """Every batch summary of the published collection: a new commit adds one, so the plots are made again.
-
-    The benchmark files are read by the script (from params) rather than declared as inputs: each is a product of
-    the rule that wrote it, so declaring it would drag those rules into the DAG.
-    """
-    if not PLAN.collection_exists:
-        raise WorkflowError(f"no collection at {SETTINGS.collection_dir}: nothing to report (run bootstrap first)")
-    return sorted(glob.glob(os.path.join(str(SETTINGS.collection_dir), "ingest", "batches", "*.json")))
-
-
 rule report_plots:
     localrule: True
     input:
-        batches=report_batches,
+        # Every batch summary of the published collection: each commit adds one, so the plots are made again.
+        # The benchmark files are read by the script (params) and not declared: each is a product of the rule
+        # that wrote it, so declaring it would pull those rules into the DAG.
+        batches=lambda wildcards: batch_summary_files(SETTINGS.collection_dir),
     output:
         sky=report(
             work("report", "latest_night_pixels.png"),

@@ -4,6 +4,9 @@ Inputs are the batch summaries the collection carries (``ingest/batches/<batch>.
 bootstrap and weekly compaction) and the Snakemake ``benchmark:`` files of the work directory
 (``benchmarks/<rule>[/<batch>][/<dataset>].tsv``). Nothing here reads catalog data, except for the sky plot's
 fallback (rows per pixel of the current catalog, from parquet footers) when no nightly batch was committed yet.
+
+matplotlib, cdshealpix and pandas are imported where they are used, so that the workflow can import
+:func:`batch_summary_files` when it is parsed without paying for them.
 """
 
 from __future__ import annotations
@@ -14,18 +17,12 @@ import re
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import matplotlib
+import numpy as np
 
-matplotlib.use("Agg")
-
-import cdshealpix  # noqa: E402
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
-import pandas as pd  # noqa: E402
-from matplotlib.colors import LogNorm, Normalize  # noqa: E402
-from matplotlib.patches import Patch, Polygon  # noqa: E402
+if TYPE_CHECKING:
+    from matplotlib.figure import Figure
 
 Summary = dict[str, Any]
 _VERSION = re.compile(r"^v(\d{6})-(.+)$")
@@ -41,7 +38,29 @@ _RULE_COLORS = {
 }
 
 
+def _pyplot() -> Any:
+    """``matplotlib.pyplot``, with the non-interactive Agg backend unless pyplot is already in use."""
+    import sys
+
+    import matplotlib
+
+    if "matplotlib.pyplot" not in sys.modules:
+        matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
 # -- batch summaries -----------------------------------------------------------------------------------------
+def batch_summary_files(collection_dir: str | Path) -> list[Path]:
+    """The batch summaries of the published collection, through its link (paths stay valid across versions)."""
+    from ppdb_lc.versions import VersionedCollection
+
+    if VersionedCollection(collection_dir).current() is None:
+        raise FileNotFoundError(f"no collection at {collection_dir}: nothing to report (run `snakemake bootstrap`)")
+    return sorted((Path(collection_dir) / "ingest" / "batches").glob("*.json"))
+
+
 def kind(summary: Summary) -> str:
     """``daily``, ``bootstrap`` or ``weekly``."""
     name = str(summary["batch"])
@@ -97,6 +116,8 @@ def _pixels_from_keys(keys: Iterable[str]) -> list[tuple[int, int]]:
 # -- sky plot ------------------------------------------------------------------------------------------------
 def _vertices(pixels: Sequence[tuple[int, int]], step: int = 4) -> list[tuple[np.ndarray, np.ndarray]]:
     """(lon, lat) in degrees of the outline of each pixel (``step`` points per side)."""
+    import cdshealpix
+
     out = []
     for order, ipix in pixels:
         lon, lat = cdshealpix.nested.vertices(np.array([ipix], dtype=np.uint64), int(order), step=step)
@@ -122,6 +143,10 @@ def plot_sky(counts: dict[str, int], out: Path, *, title: str, colorbar_label: s
     from astropy import units as u
     from astropy.coordinates import SkyCoord
     from hats.inspection.visualize_catalog import plot_healpix_map
+    from matplotlib.colors import LogNorm, Normalize
+    from matplotlib.patches import Patch, Polygon
+
+    plt = _pyplot()
 
     if not counts:
         return _empty_plot(out, title, "no rows")
@@ -165,6 +190,8 @@ def plot_sky(counts: dict[str, int], out: Path, *, title: str, colorbar_label: s
 
 def _label_pixels(ax: Any, pixels: Sequence[tuple[int, int]], values: np.ndarray, span: float) -> None:
     """Write ``order/pixel`` and the value into pixels large enough on the plot (only the value if smaller)."""
+    import cdshealpix
+
     transform = ax.get_transform("icrs")
     for (order, ipix), value in zip(pixels, values, strict=True):
         size = 58.6 / 2**order  # deg, side of a HEALPix pixel
@@ -210,6 +237,10 @@ def plot_latest_night(summaries: Sequence[Summary], out: Path, catalog_dir: Path
 # -- catalog size --------------------------------------------------------------------------------------------
 def plot_catalog_size(summaries: Sequence[Summary], out: Path) -> Path:
     """Catalog rows after every commit (line) and rows each commit added or built (bars)."""
+    from matplotlib.patches import Patch
+    from matplotlib.ticker import FuncFormatter
+
+    plt = _pyplot()
     if not summaries:
         return _empty_plot(out, "Catalog size", "no batch summary")
     labels = [label(s) for s in summaries]
@@ -221,10 +252,12 @@ def plot_catalog_size(summaries: Sequence[Summary], out: Path) -> Path:
     ax.bar(x, added, color=colors, alpha=0.55, width=0.6)
     ax.plot(x, sizes, color="black", marker="o", label="catalog rows after commit")
     for xi, size in zip(x, sizes, strict=True):
-        ax.annotate(f"{size:,}", (xi, size), textcoords="offset points", xytext=(0, 6), ha="center", fontsize=8)
+        ax.annotate(f"{size:,}", (xi, size), textcoords="offset points", xytext=(0, 8), ha="center", fontsize=8,
+                    bbox={"boxstyle": "round,pad=0.15", "fc": "white", "alpha": 0.8, "lw": 0})
     ax.set_xticks(x, labels, rotation=45, ha="right")
     ax.set_xlabel("commit (night, or full build)")
     ax.set_ylabel("rows")
+    ax.yaxis.set_major_formatter(FuncFormatter(lambda value, _: f"{value:,.0f}"))
     ax.set_ylim(0, max(sizes) * 1.15 if max(sizes) else 1)
     ax.set_title("Catalog size over nights")
     ax.legend(handles=[
@@ -251,6 +284,8 @@ class BenchmarkRecord:
 
 def read_benchmark(path: Path, root: Path) -> BenchmarkRecord:
     """Parse ``root/<rule>.tsv``, ``root/<rule>/<batch>.tsv`` or ``root/<rule>/<batch>/<dataset>.tsv``."""
+    import pandas as pd
+
     parts = Path(path).relative_to(root).with_suffix("").parts
     rule = parts[0]
     batch = parts[1] if len(parts) > 1 else rule.split("_")[0]
@@ -289,6 +324,7 @@ def _job_key(job: str) -> int:
 
 def plot_benchmarks(records: Sequence[BenchmarkRecord], out: Path) -> Path:
     """Grouped bars per batch: wall time and peak memory (max RSS) of every job."""
+    plt = _pyplot()
     if not records:
         return _empty_plot(out, "Per-rule runtime and peak memory", "no benchmark files")
     batches = sorted({r.batch for r in records}, key=_batch_key)
@@ -394,16 +430,16 @@ def write_summary_table(summaries: Sequence[Summary], out: Path) -> Path:
 
 
 # -- helpers -------------------------------------------------------------------------------------------------
-def _save(fig: plt.Figure, out: Path) -> Path:
+def _save(fig: Figure, out: Path) -> Path:
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(out, dpi=110, bbox_inches="tight")
-    plt.close(fig)
+    _pyplot().close(fig)
     return out
 
 
 def _empty_plot(out: Path, title: str, message: str) -> Path:
-    fig, ax = plt.subplots(figsize=(6, 3))
+    fig, ax = _pyplot().subplots(figsize=(6, 3))
     ax.text(0.5, 0.5, message, ha="center", va="center", fontsize=12)
     ax.set_axis_off()
     ax.set_title(title)
