@@ -156,6 +156,3 @@ def _unlink(path: Path) -> None:
     except FileNotFoundError:
         pass
 
-
-def read_properties(catalog_dir: Path) -> TableProperties:
-    return TableProperties.read_from_dir(catalog_dir)

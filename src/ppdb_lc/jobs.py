@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from ppdb_lc.chunks import Chunk, check_chunk
-from ppdb_lc.ledger import Batch
+from ppdb_lc.ledger import BOOTSTRAP, Batch
 from ppdb_lc.settings import Settings
 
 
@@ -84,7 +84,7 @@ def bootstrap(manifests: Sequence[str], staged: dict[str, str], scratch: str, ma
     from ppdb_lc import rebuild
 
     with job_log(log):
-        batch = _batch(rebuild.BOOTSTRAP_LABEL, rebuild.BOOTSTRAP_LABEL, manifests)
+        batch = _batch(BOOTSTRAP, BOOTSTRAP, manifests)
         summary = rebuild.bootstrap(batch, {k: Path(v) for k, v in staged.items()}, Path(scratch),
                                     Settings.from_config(config), threads=threads, mem_mb=mem_mb)
         _write_json(marker, summary)

@@ -18,6 +18,7 @@ from ppdb_lc import apdb
 from ppdb_lc.chunks import Chunk
 
 LEDGER_PATH = Path("ingest") / "ledger.csv"
+BOOTSTRAP = "bootstrap"  #: batch and version label of a full build from chunks
 FIELDS = ["chunk_id", "unique_id", "night", "batch", *apdb.DATASETS]
 
 

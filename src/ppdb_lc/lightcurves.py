@@ -103,7 +103,7 @@ def to_catalog_table(frame: npd.NestedFrame, schema: pa.Schema) -> pa.Table:
     return table.take(pc.sort_indices(table, sort_keys=[(SPATIAL_INDEX_COLUMN, "ascending"), (OBJECT_ID, "ascending")]))
 
 
-def _nested_flat(table: pa.Table, name: str) -> pd.DataFrame:
+def _nested_flat(table: pa.Table) -> pd.DataFrame:
     flat = table.filter(pc.is_valid(table[OBJECT_ID]))
     flat = flat.take(pc.sort_indices(flat, sort_keys=[(OBJECT_ID, "ascending"), (TIME_COLUMN, "ascending")]))
     return _to_pandas(flat)
@@ -122,7 +122,7 @@ def nest_batch(objects: pa.Table, sources: pa.Table, forced: pa.Table, schema: p
     frame = npd.NestedFrame(_to_pandas(rows))
     for name, table in (("diaSource", assoc), ("diaForcedSource", forced)):
         if table.num_rows:
-            frame = frame.join_nested(_nested_flat(table, name), name, on=OBJECT_ID)
+            frame = frame.join_nested(_nested_flat(table), name, on=OBJECT_ID)
     stats = NestStats(
         objects=objects.num_rows,
         orphan_rows=orphans.num_rows,
@@ -173,7 +173,7 @@ def fold(table: pa.Table, schema: pa.Schema) -> pa.Table:
         src_ids = flat[id_column].to_numpy()
         keep = np.ones(len(src_ids), dtype=bool)
         keep[1:] = src_ids[1:] != src_ids[:-1]
-        frame = frame.join_nested(_nested_flat(flat.filter(pa.array(keep)), name), name, on=OBJECT_ID)
+        frame = frame.join_nested(_nested_flat(flat.filter(pa.array(keep))), name, on=OBJECT_ID)
     return to_catalog_table(frame, schema)
 
 

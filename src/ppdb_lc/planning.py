@@ -11,12 +11,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from ppdb_lc.chunks import Discovery, discover
-from ppdb_lc.ledger import Batch, plan_batches, read_ledger
+from ppdb_lc.ledger import BOOTSTRAP, Batch, plan_batches, read_ledger
 from ppdb_lc.settings import Settings
 from ppdb_lc.versions import VersionedCollection
 
 log = logging.getLogger(__name__)
-BOOTSTRAP = "bootstrap"
 
 
 @dataclass(frozen=True)

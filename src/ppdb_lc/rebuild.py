@@ -10,17 +10,16 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 import pyarrow.parquet as pq
-from hats.catalog import PartitionInfo
+from hats.catalog import PartitionInfo, TableProperties
 from hats.io.validation import is_valid_catalog
 
 from ppdb_lc import apdb, catalog, collection, compaction, lightcurves, stage
-from ppdb_lc.ledger import LEDGER_PATH, Batch, entries_for, write_ledger
+from ppdb_lc.ledger import BOOTSTRAP, LEDGER_PATH, Batch, entries_for, write_ledger
 from ppdb_lc.settings import Settings
 from ppdb_lc.versions import CollectionStateError, VersionedCollection
 
 log = logging.getLogger(__name__)
 COMPACTED_FILE = "compacted.parquet"
-BOOTSTRAP_LABEL = "bootstrap"
 
 
 def _build_collection(staging: Path, inputs: list[Path], scratch: Path, settings: Settings, *, order: int,
@@ -69,13 +68,13 @@ def bootstrap(batch: Batch, staged: dict[str, Path], scratch: Path, settings: Se
         inputs.append(rows_dir / f"{night}.parquet")
         totals["orphan_rows"] += stats.orphan_rows
         totals["solar_system_sources_skipped"] += stats.solar_system_sources
-    staging = target.staging("bootstrap")
+    staging = target.staging(BOOTSTRAP)
     result = _build_collection(staging, inputs, scratch / "shards", settings, order=settings.highest_healpix_order,
                                threads=threads, mem_mb=mem_mb)
     write_ledger(staging, entries_for(batch))
     shutil.rmtree(rows_dir, ignore_errors=True)
     summary = {
-        "batch": "bootstrap",
+        "batch": BOOTSTRAP,
         "nights": sorted({c.night for c in batch.chunks}),
         "chunks": [c.chunk_id for c in batch.chunks],
         "rows_in": {ds: batch.rows(ds) for ds in apdb.DATASETS},
@@ -84,7 +83,7 @@ def bootstrap(batch: Batch, staged: dict[str, Path], scratch: Path, settings: Se
         "pixels": len(result.pixels),
         "seconds": round(time.time() - started, 3),
     }
-    return _publish(target, staging, "bootstrap", summary, settings)
+    return _publish(target, staging, BOOTSTRAP, summary, settings)
 
 
 def weekly(scratch: Path, settings: Settings, *, threads: int = 1, mem_mb: int | None = None) -> dict:
@@ -98,7 +97,7 @@ def weekly(scratch: Path, settings: Settings, *, threads: int = 1, mem_mb: int |
     base_catalog = base / names.catalog
     pixels = PartitionInfo.read_from_dir(base_catalog).get_healpix_pixels()
     inputs = [path for _, path in catalog.pixel_files(base_catalog, pixels)]
-    order = int(catalog.read_properties(base_catalog).skymap_order)
+    order = int(TableProperties.read_from_dir(base_catalog).skymap_order)
     label = f"weekly-{datetime.now(tz=UTC).strftime('%Y%m%dT%H%M%S')}"
     staging = target.staging(label)
     result = _build_collection(staging, inputs, scratch / "shards", settings, order=order, threads=threads,
