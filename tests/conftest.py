@@ -53,10 +53,18 @@ class Workspace:
         config.update(overrides)
         self.configfile.write_text(yaml.safe_dump(config))
 
-    def snakemake(self, *args: str, check: bool = True) -> subprocess.CompletedProcess:
+    def command(self, *args: str) -> tuple[list[str], dict[str, str]]:
         env = dict(os.environ, PATH=f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}")
         cmd = [sys.executable, "-m", "snakemake", "--snakefile", str(REPO / "Snakefile"), "--directory",
                str(self.root), "--configfile", str(self.configfile), "--cores", "2", "--show-failed-logs", *args]
+        return cmd, env
+
+    def start(self, *args: str) -> subprocess.Popen:
+        cmd, env = self.command(*args)
+        return subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+
+    def snakemake(self, *args: str, check: bool = True) -> subprocess.CompletedProcess:
+        cmd, env = self.command(*args)
         proc = subprocess.run(cmd, capture_output=True, text=True, env=env)
         if check and proc.returncode != 0:
             raise AssertionError(f"snakemake {' '.join(args)} failed:\n{proc.stdout[-4000:]}\n{proc.stderr[-8000:]}")
@@ -213,3 +221,38 @@ def expected_margin_rows(catalog_dir: Path, threshold_arcsec: float) -> int:
     for pixel in PartitionInfo.read_from_dir(catalog_dir).get_healpix_pixels():
         total += int(np.isin(cells, get_margin(pixel.order, pixel.pixel, order - pixel.order)).sum())
     return total
+
+
+def hats_import_margin_and_index(catalog_dir: Path, out: Path, threshold_arcsec: float) -> tuple[Path, Path]:
+    """The reference: margin cache and ``diaObjectId`` index built by hats-import (Dask) from ``catalog_dir``."""
+    from dask.distributed import Client, LocalCluster
+    from hats_import.collection.arguments import CollectionArguments
+    from hats_import.pipeline import pipeline_with_client
+
+    args = (
+        CollectionArguments(output_path=str(out), output_artifact_name="reference", npix_suffix="/",
+                            progress_bar=False, resume=False)
+        .catalog(catalog_path=str(Path(os.path.realpath(catalog_dir))))
+        .add_margin(margin_threshold=threshold_arcsec, output_artifact_name="margin", is_default=True)
+        .add_index(indexing_column="diaObjectId", output_artifact_name="index", include_healpix_29=True)
+    )
+    with (LocalCluster(n_workers=1, threads_per_worker=1, processes=False, dashboard_address=None) as cluster,
+          Client(cluster) as client):
+        pipeline_with_client(args, client)
+    return out / "reference" / "margin", out / "reference" / "index"
+
+
+def read_dataset_rows(catalog_dir: Path) -> pa.Table:
+    """Every row of a HATS dataset with the ``Norder``/``Npix`` of its leaf directory (if any), sorted."""
+    parts = []
+    for path in sorted(Path(os.path.realpath(catalog_dir)).joinpath("dataset").rglob("*.parquet")):
+        table = pq.read_table(path)
+        table = table.replace_schema_metadata(None)
+        pixel = [p for p in path.parts if p.startswith(("Norder=", "Npix="))]
+        if "Norder" not in table.column_names and pixel:
+            order, npix = (int(p.split("=")[1].removesuffix(".parquet")) for p in pixel[:2])
+            table = table.append_column("Norder", pa.array([order] * len(table), pa.uint8()))
+            table = table.append_column("Npix", pa.array([npix] * len(table), pa.uint64()))
+        parts.append(table)
+    rows = pa.concat_tables(parts)
+    return rows.sort_by([("Norder", "ascending"), ("Npix", "ascending"), ("diaObjectId", "ascending")])

@@ -21,7 +21,9 @@ from conftest import (
     expected_catalog,
     expected_margin_rows,
     flat,
+    hats_import_margin_and_index,
     read_collection,
+    read_dataset_rows,
     read_export,
     tree_digest,
     write_chunk,
@@ -180,6 +182,13 @@ def test_bootstrap_dailies_weekly(workspace: Workspace, tmp_path_factory):
     exp = expected_catalog(ws.ppdb)
     assert len(lc) == 1
     assert lc["diaSource"].nest.len()[0] == int((exp["sources"]["diaObjectId"] == moved).sum())
+    # margin cache and index equal what hats-import builds from the compacted catalog
+    margin, index = hats_import_margin_and_index(ws.collection / "dia_object_lc", tmp_path_factory.mktemp("ref"), 10.0)
+    for ours, reference in ((ws.collection / "dia_object_lc_10arcs", margin),
+                            (ws.collection / "dia_object_lc_diaObjectId", index)):
+        got, expected = read_dataset_rows(ours), read_dataset_rows(reference)
+        assert got.num_rows == expected.num_rows > 0
+        assert got.select(expected.column_names).equals(expected), ours.name
 
     full = Workspace(tmp_path_factory.mktemp("full"))
     shutil.copytree(ws.ppdb, full.ppdb)

@@ -26,7 +26,7 @@ from hats.pixel_math.spatial_index import SPATIAL_INDEX_COLUMN, SPATIAL_INDEX_OR
 from ppdb_lc import __version__
 
 BUILDER = f"ppdb-lc v{__version__}"
-WRITE_OPTIONS = {"compression": "zstd", "row_group_size": 100_000}
+WRITE_OPTIONS = {"compression": "zstd", "use_dictionary": False, "row_group_size": 100_000}
 
 
 def is_data_file(path: Path) -> bool:

@@ -1,75 +1,143 @@
-"""The collection around the main catalog: margin cache and ``diaObjectId`` index built by hats-import.
+"""The collection around the main catalog: margin cache, ``diaObjectId`` index and ``collection.properties``.
 
-Full builds (bootstrap, weekly) call hats-import's ``CollectionArguments`` on the already written main catalog;
-the Dask cluster is sized from the job's threads and memory, or an existing scheduler is used.
+Layouts are hats-import's (the tests rebuild both with hats-import and compare): the margin cache is a HATS
+catalog of type ``margin`` with the main catalog's schema and pixels; the index is a parquet dataset
+``dataset/index/*.parquet`` of ``_healpix_29, Norder, Npix, diaObjectId`` sorted by id. The rows come from the
+pipeline itself (compaction hands out each pixel's rows once, nightly builds add theirs), so no extra pass over
+the catalog and no Dask cluster is needed; metadata, properties and partition info are written by hats.
 """
 
 from __future__ import annotations
 
-import contextlib
-import logging
-from collections.abc import Iterator
+from collections.abc import Sequence
 from pathlib import Path
 
-from hats.catalog import TableProperties
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
+from hats.catalog import PartitionInfo, TableProperties
 from hats.catalog.dataset.collection_properties import CollectionProperties
+from hats.io.parquet_metadata import write_parquet_metadata
+from hats.pixel_math import HealpixPixel
+from hats.pixel_math.spatial_index import SPATIAL_INDEX_COLUMN, SPATIAL_INDEX_ORDER
 
+from ppdb_lc import catalog
 from ppdb_lc.settings import CollectionNames
 
-log = logging.getLogger(__name__)
+INDEX_DIR = ("dataset", "index")
 
 
-@contextlib.contextmanager
-def dask_client(threads: int, mem_mb: int | None, scheduler_address: str | None = None) -> Iterator:
-    """A Dask client: the given scheduler, or a local cluster sized from the job's threads and memory."""
-    from dask.distributed import Client, LocalCluster
-
-    if scheduler_address:
-        with Client(scheduler_address) as client:
-            yield client
-        return
-    workers = max(1, int(threads))
-    memory = f"{int(mem_mb * 0.85 / workers)}MiB" if mem_mb else "auto"
-    with (
-        LocalCluster(n_workers=workers, threads_per_worker=1, processes=False, memory_limit=memory,
-                     dashboard_address=None) as cluster,
-        Client(cluster) as client,
-    ):
-        yield client
+def index_schema(names: CollectionNames) -> pa.Schema:
+    """The index table schema hats-import writes (``diaObjectId`` as the pandas index)."""
+    frame = pd.DataFrame(
+        {
+            SPATIAL_INDEX_COLUMN: np.empty(0, np.int64),
+            "Norder": np.empty(0, np.uint8),
+            "Npix": np.empty(0, np.uint64),
+            names.index_column: np.empty(0, np.int64),
+        }
+    ).set_index(names.index_column)
+    return pa.Schema.from_pandas(frame, preserve_index=True)
 
 
-def build_margin_and_index(
-    collection_dir: Path, names: CollectionNames, *, collection_name: str, threads: int = 1, mem_mb: int | None = None,
-    scheduler_address: str | None = None,
-) -> None:
-    """Add the margin cache (default margin) and the ``diaObjectId`` index next to the main catalog."""
-    from hats_import.collection.arguments import CollectionArguments
-    from hats_import.pipeline import pipeline_with_client
+def index_rows(ids: np.ndarray, healpix29: np.ndarray, slots: np.ndarray, pixels: Sequence[HealpixPixel],
+               schema: pa.Schema, id_column: str) -> pa.Table:
+    """Index rows of catalog rows (``slots`` index ``pixels``), sorted by id."""
+    order = np.argsort(ids, kind="stable")
+    slots = np.asarray(slots)[order]
+    columns = {
+        SPATIAL_INDEX_COLUMN: np.asarray(healpix29)[order],
+        "Norder": np.array([p.order for p in pixels], dtype=np.uint8)[slots] if len(pixels) else [],
+        "Npix": np.array([p.pixel for p in pixels], dtype=np.uint64)[slots] if len(pixels) else [],
+        id_column: np.asarray(ids)[order],
+    }
+    return pa.table({f.name: pa.array(columns[f.name], type=f.type) for f in schema}, schema=schema)
 
-    collection_dir = Path(collection_dir)
-    args = (
-        CollectionArguments(
-            output_path=str(collection_dir.parent),
-            output_artifact_name=collection_dir.name,
-            npix_suffix="/",
-            progress_bar=True,
-            simple_progress_bar=True,
-            resume=True,
-        )
-        .catalog(catalog_path=str(collection_dir / names.catalog))
-        .add_margin(margin_threshold=names.margin_arcsec, output_artifact_name=names.margin, is_default=True)
-        .add_index(indexing_column=names.index_column, output_artifact_name=names.index, include_healpix_29=True)
+
+def index_file(index_dir: Path, file_name: str) -> Path:
+    return Path(index_dir).joinpath(*INDEX_DIR, file_name)
+
+
+def write_index(index_dir: Path, rows: pa.Table, names: CollectionNames, file_name: str) -> None:
+    """A fresh index catalog holding ``rows`` (from :func:`index_rows`)."""
+    path = index_file(index_dir, file_name)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    sorting = pq.SortingColumn.from_ordering(rows.schema, [(names.index_column, "ascending")])
+    pq.write_table(rows, path, compression="zstd", sorting_columns=sorting)
+    update_index_metadata(index_dir, names)
+
+
+def update_index_metadata(index_dir: Path, names: CollectionNames) -> int:
+    """``_metadata``/``_common_metadata`` and properties of the index from its files; returns its row count."""
+    for name in ("_metadata", "_common_metadata"):
+        (Path(index_dir) / "dataset" / name).unlink(missing_ok=True)
+    total = int(write_parquet_metadata(index_dir, order_by_healpix=False))
+    properties = TableProperties(
+        catalog_name=names.index,
+        catalog_type="index",
+        total_rows=total,
+        primary_catalog=names.catalog,
+        indexing_column=names.index_column,
+        **{
+            **TableProperties.new_provenance_dict(None, builder=catalog.BUILDER),
+            "hats_estsize": catalog.dir_size_kib(index_dir),
+        },
     )
-    with dask_client(threads, mem_mb, scheduler_address) as client:
-        pipeline_with_client(args, client)
-    # hats-import records the primary catalog as an absolute path of this (staging) directory; make it relative
-    # so the collection stays valid once it is moved into place.
-    for sub in (names.margin, names.index):
-        props = TableProperties.read_from_dir(collection_dir / sub)
-        updated = props.copy_and_update(primary_catalog=names.catalog)
-        for fname in ("hats.properties", "properties"):
-            (collection_dir / sub / fname).unlink(missing_ok=True)
-        updated.to_properties_file(collection_dir / sub)
-    props = CollectionProperties.read_from_dir(collection_dir)
-    (collection_dir / "collection.properties").unlink()
-    props.model_copy(update={"name": collection_name}).to_properties_file(collection_dir)
+    catalog.write_properties(index_dir, properties)
+    return total
+
+
+def margin_properties(names: CollectionNames, *, total_rows: int, partition: PartitionInfo,
+                      estsize_kib: int) -> TableProperties:
+    """Properties of the margin cache, as hats-import writes them (primary catalog given relative)."""
+    return TableProperties(
+        catalog_name=names.margin,
+        catalog_type="margin",
+        total_rows=total_rows,
+        ra_column="ra",
+        dec_column="dec",
+        healpix_column=SPATIAL_INDEX_COLUMN,
+        healpix_order=SPATIAL_INDEX_ORDER,
+        primary_catalog=names.catalog,
+        margin_threshold=names.margin_arcsec,
+        npix_suffix="/",
+        moc_sky_fraction=float(partition.calculate_fractional_coverage()) if len(partition) else 0.0,
+        **{
+            **TableProperties.new_provenance_dict(None, builder=catalog.BUILDER),
+            "hats_estsize": estsize_kib,
+            "hats_order": partition.get_highest_order() if len(partition) else 0,
+        },
+    )
+
+
+def finish_margin(margin_dir: Path, pixels: Sequence[HealpixPixel], schema: pa.Schema, names: CollectionNames) -> int:
+    """Metadata of a freshly written margin cache (one file per pixel); returns its row count."""
+    margin_dir = Path(margin_dir)
+    (margin_dir / "dataset").mkdir(parents=True, exist_ok=True)
+    if pixels:
+        total = int(write_parquet_metadata(margin_dir, create_metadata=True))
+    else:  # no row near any other pixel: an empty margin cache
+        total = 0
+        catalog.write_common_metadata(margin_dir, schema)
+    info = catalog.write_partition_info(margin_dir, pixels)
+    catalog.write_properties(
+        margin_dir,
+        margin_properties(names, total_rows=total, partition=info, estsize_kib=catalog.dir_size_kib(margin_dir)),
+    )
+    return total
+
+
+def write_collection_properties(collection_dir: Path, names: CollectionNames, collection_name: str) -> None:
+    properties = CollectionProperties(
+        name=collection_name,
+        hats_primary_table_url=names.catalog,
+        all_margins=[names.margin],
+        default_margin=names.margin,
+        all_indexes={names.index_column: names.index},
+        **{k: v for k, v in TableProperties.new_provenance_dict(None, builder=catalog.BUILDER).items()
+           if k != "hats_estsize"},
+    )
+    (Path(collection_dir) / "collection.properties").unlink(missing_ok=True)
+    properties.to_properties_file(collection_dir)
+

@@ -1,20 +1,23 @@
-"""Writing a fresh, compacted catalog: one row per object, repartitioned by a row threshold, streamed per pixel.
+"""Compaction: fold many files of object rows into one row per object, repartitioned, streamed pixel by pixel.
 
-Used by bootstrap (input: the nested rows of every night) and by weekly compaction (input: every file of the
-current catalog). Three passes keep memory bounded by one pixel:
+Used by bootstrap (sources: the nested rows of every night, anywhere on the sky) and by weekly compaction
+(sources: every file of the current catalog, each lying in its pixel). Memory stays bounded by a pixel:
 
-1. read only ``diaObjectId``, ``validityStartMjdTai`` and ``_healpix_29`` of every input file; pick each object's
-   latest row; partition the latest positions with hats' ``generate_alignment`` (threshold = rows per pixel);
-2. read each input file once and append its rows to shard files of their object's *destination* pixel (rows of
-   objects that did not move stay together; only moved objects cross pixels);
-3. per destination pixel, fold its shards (:func:`lightcurves.fold`) and write the pixel's single file.
+1. **plan**: read ``diaObjectId``, ``validityStartMjdTai`` and ``_healpix_29`` of every source; each object's
+   latest row gives its destination; hats' ``generate_alignment`` partitions the latest positions (threshold =
+   objects per pixel).
+2. **fold**: old and new pixels nest (HEALPix), so they form *groups*: a maximal pixel of either partitioning with
+   everything inside it. Groups are processed in sky order: read the group's files, send the rows of objects
+   whose destination lies in another group (they moved across a boundary) to a :class:`~ppdb_lc.stash.Stash`,
+   fold the rest with the rows other groups sent here, and hand out each destination pixel's rows. A group that
+   still waits for rows from a later group is stashed and folded at the end. Sources without a pixel (bootstrap)
+   are routed to their groups first.
 """
 
 from __future__ import annotations
 
 import logging
-import shutil
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -22,100 +25,140 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
-from hats.io.parquet_metadata import write_parquet_metadata
 from hats.pixel_math import HealpixPixel
 from hats.pixel_math.spatial_index import SPATIAL_INDEX_COLUMN
+from hats.pixel_tree.pixel_tree import PixelTree
 
-from ppdb_lc import catalog, lightcurves, partitioning
+from ppdb_lc import lightcurves, partitioning
+from ppdb_lc.stash import DEFAULT_MEMORY_LIMIT, Stash
 
 log = logging.getLogger(__name__)
-_KEY_COLUMNS = [lightcurves.OBJECT_ID, lightcurves.VERSION_COLUMN, SPATIAL_INDEX_COLUMN]
+KEY_COLUMNS = [lightcurves.OBJECT_ID, lightcurves.VERSION_COLUMN, SPATIAL_INDEX_COLUMN]
 
 
 @dataclass(frozen=True)
-class CompactionResult:
-    pixels: list[HealpixPixel]
-    rows_in: int
-    objects: int
-    histogram: np.ndarray
+class Source:
+    """A file of object rows; ``pixel``: the catalog pixel all its rows lie in (``None``: anywhere)."""
+
+    path: Path
+    pixel: HealpixPixel | None = None
 
 
-def latest_rows(keys: pa.Table) -> tuple[np.ndarray, np.ndarray]:
-    """``(ids, healpix29)`` of each object's latest row (ties broken by position, deterministically)."""
-    ids = keys[lightcurves.OBJECT_ID].to_numpy()
-    version = pc.fill_null(keys[lightcurves.VERSION_COLUMN], -np.inf).to_numpy()
-    hp29 = keys[SPATIAL_INDEX_COLUMN].to_numpy()
-    order = np.lexsort((hp29, version, ids))
-    ids_sorted = ids[order]
-    last = np.ones(len(order), dtype=bool)
-    last[:-1] = ids_sorted[1:] != ids_sorted[:-1]
-    return ids_sorted[last], hp29[order[last]]
+def read_source(source: Source, schema: pa.Schema, columns: list[str] | None = None) -> pa.Table:
+    if source.path.suffix == ".arrow":
+        with pa.memory_map(str(source.path)) as handle:
+            table = pa.ipc.open_file(handle).read_all()
+        return table.select(columns) if columns else table
+    return pq.read_table(source.path, schema=schema, columns=columns)
 
 
-def compact(
-    inputs: Sequence[Path],
-    catalog_dir: Path,
-    scratch: Path,
-    *,
-    schema: pa.Schema,
-    order: int,
-    threshold: int,
-    file_name: str,
-) -> CompactionResult:
-    """Fold ``inputs`` into a new catalog's data files under ``catalog_dir`` (metadata: :func:`finish_catalog`)."""
-    inputs = list(inputs)
-    # Pass 1: destination pixel of every object.
-    keys = pa.concat_tables([pq.read_table(f, columns=_KEY_COLUMNS, schema=schema) for f in inputs]) if inputs \
-        else schema.empty_table().select(_KEY_COLUMNS)
-    ids, hp29 = latest_rows(keys)
-    pixels = partitioning.new_pixels(hp29, [], order=order, threshold=threshold)
-    id_slot = partitioning.locate(hp29, pixels)
-    log.info("pass 1: %d rows, %d objects -> %d pixels", keys.num_rows, len(ids), len(pixels))
-    # Pass 2: route rows to shards of their destination pixel.
-    if scratch.exists():
-        shutil.rmtree(scratch)
-    for k, path in enumerate(inputs):
-        table = pq.read_table(path, schema=schema)
-        slots = id_slot[np.searchsorted(ids, table[lightcurves.OBJECT_ID].to_numpy())]
-        for slot in np.unique(slots):
-            shard_dir = scratch / str(int(slot))
-            shard_dir.mkdir(parents=True, exist_ok=True)
-            pq.write_table(table.filter(pa.array(slots == slot)), shard_dir / f"{k:06d}.parquet")
-    # Pass 3: fold each pixel and write it.
-    for slot, pixel in enumerate(pixels):
-        shard_dir = scratch / str(slot)
-        shards = sorted(shard_dir.glob("*.parquet"))
-        folded = lightcurves.fold_many([pq.read_table(s, schema=schema) for s in shards], schema)
-        where = partitioning.locate(folded[SPATIAL_INDEX_COLUMN].to_numpy(), pixels)
-        if (where != slot).any():
-            raise RuntimeError(f"compaction placed {int((where != slot).sum())} rows outside pixel {pixel}")
-        pq.write_table(folded, catalog.pixel_file(catalog_dir, pixel, file_name), **catalog.WRITE_OPTIONS)
-        shutil.rmtree(shard_dir)
-        log.info("pixel %s: %d shards -> %d objects", pixel, len(shards), folded.num_rows)
-    shutil.rmtree(scratch, ignore_errors=True)
-    return CompactionResult(
-        pixels=pixels, rows_in=keys.num_rows, objects=len(ids), histogram=partitioning.histogram(hp29, order)
-    )
+def _ranges(pixels: Sequence[HealpixPixel]) -> np.ndarray:
+    if not pixels:
+        return np.empty((0, 2), dtype=np.int64)
+    return np.asarray(PixelTree.from_healpix(list(pixels)).to_depth29_ranges(), dtype=np.int64)
 
 
-def finish_catalog(
-    catalog_dir: Path, result: CompactionResult, *, name: str, order: int, alt_orders: Sequence[int], threshold: int
-) -> None:
-    """Metadata of a freshly compacted catalog (one file per pixel, so ``_metadata`` is valid and written)."""
-    total = write_parquet_metadata(catalog_dir, create_metadata=True)
-    if total != result.objects:
-        raise RuntimeError(f"catalog holds {total} rows, expected {result.objects} objects")
-    info = catalog.write_partition_info(catalog_dir, result.pixels)
-    catalog.write_skymaps(catalog_dir, result.histogram, alt_orders)
-    catalog.write_properties(
-        catalog_dir,
-        catalog.object_properties(
-            name,
-            total_rows=total,
-            partition=info,
-            skymap_order=order,
-            skymap_alt_orders=alt_orders,
-            threshold=threshold,
-            estsize_kib=catalog.dir_size_kib(catalog_dir),
-        ),
-    )
+def pixel_groups(destination: Sequence[HealpixPixel], sources: Sequence[HealpixPixel]) -> tuple[np.ndarray, np.ndarray]:
+    """Group number (in sky order) of each destination and each source pixel (both lists spatially sorted).
+
+    Two HEALPix pixels are either nested or disjoint, so the maximal pixels of the union are the groups.
+    """
+    ranges = np.concatenate([_ranges(destination), _ranges(sources)])
+    group = np.empty(len(ranges), dtype=np.int64)
+    current, end = -1, -1
+    for i in np.lexsort((-ranges[:, 1], ranges[:, 0])):  # by start, the larger pixel first
+        if ranges[i, 0] >= end:
+            current, end = current + 1, ranges[i, 1]
+        group[i] = current
+    return group[: len(destination)], group[len(destination) :]
+
+
+class Compaction:
+    """The plan (pass 1, at construction) and the streaming fold (:meth:`folded`) of a set of sources."""
+
+    def __init__(self, sources: Sequence[Source], scratch: Path, *, schema: pa.Schema, order: int, threshold: int,
+                 memory_limit: int = DEFAULT_MEMORY_LIMIT):
+        self.sources = list(sources)
+        self.memory_limit = memory_limit
+        self.schema = schema
+        self.scratch = scratch
+        keys = [read_source(s, schema, KEY_COLUMNS) for s in self.sources]
+        self.rows_in = sum(k.num_rows for k in keys)
+        all_keys = pa.concat_tables(keys) if keys else schema.empty_table().select(KEY_COLUMNS)
+        ids = all_keys[lightcurves.OBJECT_ID].to_numpy()
+        hp29 = all_keys[SPATIAL_INDEX_COLUMN].to_numpy()
+        version = pc.fill_null(all_keys[lightcurves.VERSION_COLUMN], -np.inf).to_numpy()
+        latest = lightcurves.latest_per_object(ids, version, hp29)
+        self.object_ids, latest_hp29 = ids[latest], hp29[latest]
+        self.objects = len(latest)
+        self.histogram = partitioning.histogram(latest_hp29, order)
+        self.pixels = partitioning.new_pixels(latest_hp29, [], order=order, threshold=threshold)
+        self._object_slot = partitioning.locate(latest_hp29, self.pixels)
+        # Groups of old (source) and new (destination) pixels; which groups every source sends rows to.
+        source_pixels = partitioning.sorted_pixels({s.pixel for s in self.sources if s.pixel is not None})
+        self._pixel_group, source_group = pixel_groups(self.pixels, source_pixels)
+        group_of_source_pixel = dict(zip(source_pixels, source_group.tolist(), strict=True))
+        self._source_group = [group_of_source_pixel.get(s.pixel, -1) if s.pixel else -1 for s in self.sources]
+        self.groups = int(max([*self._pixel_group.tolist(), *self._source_group], default=-1)) + 1
+        self._waits_for_later = np.zeros(self.groups, dtype=bool)
+        self.moved_rows = 0
+        for group, k in zip(self._source_group, keys, strict=True):
+            targets = self._group_of_rows(k[lightcurves.OBJECT_ID].to_numpy())
+            if group >= 0:
+                later = np.unique(targets[targets != group])
+                self._waits_for_later[later[later < group]] = True
+                self.moved_rows += int((targets != group).sum())
+        log.info("plan: %d sources, %d rows, %d objects -> %d pixels in %d groups; %d rows change group",
+                 len(self.sources), self.rows_in, self.objects, len(self.pixels), self.groups, self.moved_rows)
+
+    def _group_of_rows(self, ids: np.ndarray) -> np.ndarray:
+        return self._pixel_group[self._object_slot[np.searchsorted(self.object_ids, ids)]]
+
+    def _split(self, table: pa.Table, group: int, stash: Stash) -> pa.Table:
+        """Stash the rows bound for other groups; return those of ``group``."""
+        targets = self._group_of_rows(table[lightcurves.OBJECT_ID].to_numpy())
+        if (targets == group).all():
+            return table
+        for target in np.unique(targets[targets != group]):
+            stash.put(int(target), table.filter(pa.array(targets == target)))
+        return table.filter(pa.array(targets == group))
+
+    def _fold_group(self, group: int, rows: pa.Table) -> Iterator[tuple[int, pa.Table]]:
+        folded = lightcurves.fold(rows, self.schema)
+        slots = partitioning.locate(folded[SPATIAL_INDEX_COLUMN].to_numpy(), self.pixels)
+        mine = np.flatnonzero(self._pixel_group == group)
+        if not np.isin(slots, mine).all():
+            raise RuntimeError(f"compaction group {group} folded rows outside its pixels")
+        for slot in mine:  # rows are sorted by position and pixels are in sky order: each slot is one slice
+            lo, hi = np.searchsorted(slots, [slot, slot + 1])
+            yield int(slot), folded.slice(int(lo), int(hi - lo))
+
+    def folded(self) -> Iterator[tuple[int, pa.Table]]:
+        """``(slot, rows)`` of every destination pixel (``self.pixels[slot]``): its objects, one row each."""
+        stash = Stash(self.scratch, self.schema, self.memory_limit)
+        self.spilled_bytes = 0
+        try:
+            for k, source in enumerate(self.sources):
+                if self._source_group[k] < 0:
+                    self._split(read_source(source, self.schema), -1, stash)
+            members: list[list[int]] = [[] for _ in range(self.groups)]
+            for k, group in enumerate(self._source_group):
+                if group >= 0:
+                    members[group].append(k)
+            deferred = []
+            for group in range(self.groups):
+                parts = [stash.take(group)]
+                parts += [self._split(read_source(self.sources[k], self.schema), group, stash) for k in members[group]]
+                rows = pa.concat_tables(parts)
+                if self._waits_for_later[group]:
+                    stash.put(group, rows)
+                    deferred.append(group)
+                    continue
+                yield from self._fold_group(group, rows)
+            for group in deferred:
+                yield from self._fold_group(group, stash.take(group))
+            self.spilled_bytes = stash.spilled_bytes
+            if stash.spilled_bytes:
+                log.info("compaction spilled %.1f MB to %s", stash.spilled_bytes / 1e6, self.scratch)
+        finally:
+            stash.close()

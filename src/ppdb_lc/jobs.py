@@ -80,21 +80,21 @@ def commit_batch(name: str, night: str, manifests: Sequence[str], build_dir: str
 
 
 def bootstrap(manifests: Sequence[str], staged: dict[str, str], scratch: str, marker: str, config: dict[str, Any],
-              threads: int, mem_mb: int | None, log: str) -> None:
+              log: str) -> None:
     from ppdb_lc import rebuild
 
     with job_log(log):
         batch = _batch(BOOTSTRAP, BOOTSTRAP, manifests)
         summary = rebuild.bootstrap(batch, {k: Path(v) for k, v in staged.items()}, Path(scratch),
-                                    Settings.from_config(config), threads=threads, mem_mb=mem_mb)
+                                    Settings.from_config(config))
         _write_json(marker, summary)
 
 
-def weekly(scratch: str, marker: str, config: dict[str, Any], threads: int, mem_mb: int | None, log: str) -> None:
+def weekly(scratch: str, marker: str, config: dict[str, Any], log: str) -> None:
     from ppdb_lc import rebuild
 
     with job_log(log):
-        summary = rebuild.weekly(Path(scratch), Settings.from_config(config), threads=threads, mem_mb=mem_mb)
+        summary = rebuild.weekly(Path(scratch), Settings.from_config(config))
         _write_json(marker, summary)
 
 

@@ -11,14 +11,19 @@ catalog size, and gives exactly the pairs a full rebuild would produce (checked 
 from __future__ import annotations
 
 from collections.abc import Sequence
+from pathlib import Path
 
 import cdshealpix.nested as cds
 import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
 from hats.pixel_math import HealpixPixel, get_margin
 from hats.pixel_math import healpix_shim as hp
-from hats.pixel_math.spatial_index import spatial_index_to_healpix
+from hats.pixel_math.spatial_index import SPATIAL_INDEX_COLUMN, spatial_index_to_healpix
 
+from ppdb_lc import catalog
 from ppdb_lc.partitioning import locate
+from ppdb_lc.stash import Stash
 
 
 def margin_order(threshold_arcsec: float, pixels: Sequence[HealpixPixel]) -> int:
@@ -60,3 +65,34 @@ def rows_in_border(healpix29: np.ndarray, pixel: HealpixPixel, order: int) -> np
     """Boolean mask of rows lying in the margin of ``pixel``."""
     cells = spatial_index_to_healpix(healpix29, target_order=order)
     return np.isin(cells, border_cells(pixel, order))
+
+
+class MarginCollector:
+    """The margin cache of a catalog written pixel by pixel: :meth:`add` each pixel's rows once, then :meth:`write`.
+
+    Every row goes to the margins of the other pixels whose border it lies in (:func:`margin_targets`); rows wait
+    in a :class:`~ppdb_lc.stash.Stash` until all pixels were seen.
+    """
+
+    def __init__(self, pixels: Sequence[HealpixPixel], order: int, stash: Stash) -> None:
+        self.pixels = list(pixels)
+        self.order = order
+        self.stash = stash
+
+    def add(self, slot: int, rows: pa.Table) -> None:
+        own = np.full(rows.num_rows, slot, dtype=np.int64)
+        row, target = margin_targets(rows[SPATIAL_INDEX_COLUMN].to_numpy(), own, self.pixels, self.order)
+        for t in np.unique(target):
+            self.stash.put(int(t), rows.take(pa.array(row[target == t])))
+
+    def write(self, margin_dir: Path, file_name: str) -> dict[HealpixPixel, int]:
+        """One file per pixel that has margin rows (sorted by ``_healpix_29``); returns the row counts."""
+        counts = {}
+        for slot in sorted(self.stash.keys()):
+            table = self.stash.take(slot)
+            table = table.sort_by(SPATIAL_INDEX_COLUMN)
+            pixel = self.pixels[slot]
+            pq.write_table(table, catalog.pixel_file(margin_dir, pixel, file_name), **catalog.WRITE_OPTIONS)
+            counts[pixel] = table.num_rows
+        self.stash.close()
+        return counts

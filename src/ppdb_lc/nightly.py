@@ -24,12 +24,11 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 from hats.catalog import PartitionInfo, TableProperties
 from hats.io import paths
-from hats.io.parquet_metadata import write_parquet_metadata
 from hats.io.validation import is_valid_catalog
 from hats.pixel_math import HealpixPixel
 from hats.pixel_math.spatial_index import SPATIAL_INDEX_COLUMN
 
-from ppdb_lc import apdb, catalog, lightcurves, margins, partitioning, stage
+from ppdb_lc import apdb, catalog, collection, lightcurves, margins, partitioning, stage
 from ppdb_lc.ledger import Batch, entries_for, read_ledger, write_ledger
 from ppdb_lc.settings import Settings
 from ppdb_lc.versions import CollectionStateError, VersionedCollection
@@ -61,19 +60,6 @@ def check_schema(catalog_dir: Path, schema: pa.Schema) -> None:
             f"the schema of {catalog_dir} differs from the one this pipeline writes; rebuild it with "
             "`snakemake weekly` (or bootstrap) before ingesting more nights"
         )
-
-
-def _index_table(rows: pa.Table, slots: np.ndarray, pixels: Sequence[HealpixPixel], schema: pa.Schema) -> pa.Table:
-    orders = np.array([p.order for p in pixels])[slots]
-    npix = np.array([p.pixel for p in pixels])[slots]
-    columns = {
-        SPATIAL_INDEX_COLUMN: rows[SPATIAL_INDEX_COLUMN],
-        "Norder": pa.array(orders),
-        "Dir": pa.array(npix // 10_000 * 10_000),
-        "Npix": pa.array(npix),
-        lightcurves.OBJECT_ID: rows[lightcurves.OBJECT_ID],
-    }
-    return pa.table({f.name: pa.array(columns[f.name]).cast(f.type) for f in schema}, schema=schema)
 
 
 def _border_rows_from(base_catalog: Path, pixel: HealpixPixel, existing: Sequence[HealpixPixel], order: int,
@@ -133,7 +119,9 @@ def build_batch(batch: Batch, staged: dict[str, Path], out_dir: Path, settings: 
 
     index_schema = pq.read_schema(Path(paths.get_common_metadata_pointer(base / names.index).path))
     (out_dir / "index").mkdir()
-    pq.write_table(_index_table(rows, slots, pixels, index_schema), out_dir / "index" / file_name)
+    index_rows = collection.index_rows(rows[lightcurves.OBJECT_ID].to_numpy(), hp29, slots, pixels, index_schema,
+                                       names.index_column)
+    pq.write_table(index_rows, out_dir / "index" / file_name)
     np.save(out_dir / "histogram.npy", partitioning.histogram(hp29, order))
 
     summary = {
@@ -205,19 +193,11 @@ def _update_margin(margin: Path, summary: dict) -> None:
     )
 
 
-def _update_index(index: Path) -> None:
-    props = TableProperties.read_from_dir(index)
-    for name in ("_metadata", "_common_metadata"):
-        (index / "dataset" / name).unlink(missing_ok=True)
-    total = write_parquet_metadata(index, order_by_healpix=False)
-    catalog.write_properties(index, props.copy_and_update(total_rows=int(total)))
-
-
 def commit_batch(batch: Batch, build_dir: Path, settings: Settings) -> dict:
     """Publish a built batch as a new collection version (no-op if its chunks are already in the ledger)."""
     started = time.time()
     names = settings.names
-    collection = VersionedCollection(settings.collection_dir)
+    versions = VersionedCollection(settings.collection_dir)
     base = published(settings)
     ledger = read_ledger(base)
     summary = json.loads((build_dir / "summary.json").read_text())
@@ -231,13 +211,13 @@ def commit_batch(batch: Batch, build_dir: Path, settings: Settings) -> dict:
             "its build was removed, run the workflow again to rebuild it"
         )
     schema = lightcurves.catalog_schema(settings.keep_float64)
-    staged = collection.stage_copy(batch.name, catalog.is_data_file)
+    staged = versions.stage_copy(batch.name, catalog.is_data_file)
     _link_tree(build_dir / "catalog", staged / names.catalog)
     _link_tree(build_dir / "margin", staged / names.margin)
     _link_tree(build_dir / "index", staged / names.index / "dataset" / "index")
     _update_main_catalog(staged / names.catalog, summary, build_dir, settings, schema)
     _update_margin(staged / names.margin, summary)
-    _update_index(staged / names.index)
+    collection.update_index_metadata(staged / names.index, names)
     write_ledger(staged, ledger + entries_for(batch))
     summary["commit_seconds"] = round(time.time() - started, 3)
     history = staged / "ingest" / "batches"
@@ -245,7 +225,7 @@ def commit_batch(batch: Batch, build_dir: Path, settings: Settings) -> dict:
     (history / f"{batch.name}.json").write_text(json.dumps(summary, indent=1))
     if settings.validate_commits and not is_valid_catalog(str(staged), strict=True):
         raise CollectionStateError(f"new version {staged} failed strict HATS validation; nothing was published")
-    version = collection.publish(staged, batch.name, keep=settings.keep_versions)
+    version = versions.publish(staged, batch.name, keep=settings.keep_versions)
     summary["version"] = version.name
     log.info("committed %s as %s in %.1f s", batch.name, version.name, time.time() - started)
     return summary

@@ -6,34 +6,130 @@ import json
 import logging
 import shutil
 import time
+from collections import deque
+from collections.abc import Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import asdict, dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 
+import numpy as np
+import pyarrow as pa
 import pyarrow.parquet as pq
 from hats.catalog import PartitionInfo, TableProperties
+from hats.io.parquet_metadata import write_parquet_metadata
 from hats.io.validation import is_valid_catalog
+from hats.pixel_math.spatial_index import SPATIAL_INDEX_COLUMN
 
-from ppdb_lc import apdb, catalog, collection, compaction, lightcurves, stage
+from ppdb_lc import apdb, catalog, collection, compaction, lightcurves, margins, stage
 from ppdb_lc.ledger import BOOTSTRAP, LEDGER_PATH, Batch, entries_for, write_ledger
 from ppdb_lc.settings import Settings
+from ppdb_lc.stash import Stash
 from ppdb_lc.versions import CollectionStateError, VersionedCollection
 
 log = logging.getLogger(__name__)
 COMPACTED_FILE = "compacted.parquet"
 
 
-def _build_collection(staging: Path, inputs: list[Path], scratch: Path, settings: Settings, *, order: int,
-                      threads: int, mem_mb: int | None) -> compaction.CompactionResult:
+@dataclass(frozen=True)
+class BuildResult:
+    pixels: int
+    objects: int
+    rows_in: int
+    rows_moved: int
+    margin_rows: int
+    step_seconds: dict[str, float]
+
+
+class _BackgroundWrites:
+    """Parquet writes (compression) in a worker thread, overlapping the next pixel's fold; at most two pending."""
+
+    def __init__(self) -> None:
+        self._pool = ThreadPoolExecutor(max_workers=1)
+        self._pending: deque[Future] = deque()
+
+    def write(self, table: pa.Table, path: Path) -> None:
+        while len(self._pending) >= 2:
+            self._pending.popleft().result()
+        self._pending.append(self._pool.submit(pq.write_table, table, path, **catalog.WRITE_OPTIONS))
+
+    def finish(self) -> None:
+        try:
+            while self._pending:
+                self._pending.popleft().result()
+        finally:
+            self._pool.shutdown(wait=True, cancel_futures=True)
+
+
+def _build_collection(staging: Path, sources: list[compaction.Source], scratch: Path, settings: Settings, *,
+                      order: int) -> BuildResult:
+    """Write the whole collection (catalog, margin, index, properties) into ``staging`` from ``sources``."""
     names = settings.names
     schema = lightcurves.catalog_schema(settings.keep_float64)
+    clock = {"start": time.time()}
+    plan = compaction.Compaction(sources, scratch / "moved", schema=schema, order=order,
+                                 threshold=settings.pixel_threshold)
+    clock["plan"] = time.time()
     cat = staging / names.catalog
-    result = compaction.compact(inputs, cat, scratch, schema=schema, order=order,
-                                threshold=settings.pixel_threshold, file_name=COMPACTED_FILE)
-    compaction.finish_catalog(cat, result, name=names.catalog, order=order, alt_orders=settings.skymap_alt_orders,
-                              threshold=settings.pixel_threshold)
-    collection.build_margin_and_index(staging, names, collection_name=settings.collection_dir.name, threads=threads,
-                                      mem_mb=mem_mb, scheduler_address=settings.dask_scheduler_address)
-    return result
+    margin = margins.MarginCollector(plan.pixels, margins.margin_order(names.margin_arcsec, plan.pixels),
+                                     Stash(scratch / "margin", schema))
+    index_ids, index_hp29, index_slots = [np.empty(0, np.int64)], [np.empty(0, np.int64)], [np.empty(0, np.int64)]
+    writes = _BackgroundWrites()
+    try:
+        for done, (slot, rows) in enumerate(plan.folded(), start=1):
+            writes.write(rows, catalog.pixel_file(cat, plan.pixels[slot], COMPACTED_FILE))
+            margin.add(slot, rows)
+            index_ids.append(rows[lightcurves.OBJECT_ID].to_numpy())
+            index_hp29.append(rows[SPATIAL_INDEX_COLUMN].to_numpy())
+            index_slots.append(np.full(rows.num_rows, slot))
+            if done % 25 == 0 or done == len(plan.pixels):
+                log.info("folded %d/%d pixels", done, len(plan.pixels))
+    finally:
+        writes.finish()
+    clock["fold"] = time.time()
+    margin_counts = margin.write(staging / names.margin, COMPACTED_FILE)
+    compaction_total = finish_catalog(cat, plan, name=names.catalog, order=order, alt_orders=settings.skymap_alt_orders,
+                                      threshold=settings.pixel_threshold)
+    margin_total = collection.finish_margin(staging / names.margin, list(margin_counts), schema, names)
+    index = collection.index_rows(np.concatenate(index_ids), np.concatenate(index_hp29), np.concatenate(index_slots),
+                                  plan.pixels, collection.index_schema(names), names.index_column)
+    collection.write_index(staging / names.index, index, names, COMPACTED_FILE)
+    collection.write_collection_properties(staging, names, settings.collection_dir.name)
+    clock["metadata"] = time.time()
+    log.info("collection written: %d objects in %d pixels, %d margin rows", compaction_total, len(plan.pixels),
+             margin_total)
+    steps = list(clock)
+    return BuildResult(
+        pixels=len(plan.pixels),
+        objects=plan.objects,
+        rows_in=plan.rows_in,
+        rows_moved=plan.moved_rows,
+        margin_rows=margin_total,
+        step_seconds={b: round(clock[b] - clock[a], 3) for a, b in zip(steps, steps[1:], strict=False)},
+    )
+
+
+def finish_catalog(catalog_dir: Path, plan: compaction.Compaction, *, name: str, order: int,
+                   alt_orders: Sequence[int], threshold: int) -> int:
+    """Metadata of a freshly compacted catalog (one file per pixel, so ``_metadata`` is valid and written)."""
+    total = int(write_parquet_metadata(catalog_dir, create_metadata=True))
+    if total != plan.objects:
+        raise RuntimeError(f"catalog holds {total} rows, expected {plan.objects} objects")
+    info = catalog.write_partition_info(catalog_dir, plan.pixels)
+    catalog.write_skymaps(catalog_dir, plan.histogram, alt_orders)
+    catalog.write_properties(
+        catalog_dir,
+        catalog.object_properties(
+            name,
+            total_rows=total,
+            partition=info,
+            skymap_order=order,
+            skymap_alt_orders=alt_orders,
+            threshold=threshold,
+            estsize_kib=catalog.dir_size_kib(catalog_dir),
+        ),
+    )
+    return total
 
 
 def _publish(collection_: VersionedCollection, staging: Path, label: str, summary: dict, settings: Settings) -> dict:
@@ -46,8 +142,7 @@ def _publish(collection_: VersionedCollection, staging: Path, label: str, summar
     return summary
 
 
-def bootstrap(batch: Batch, staged: dict[str, Path], scratch: Path, settings: Settings, *, threads: int = 1,
-              mem_mb: int | None = None) -> dict:
+def bootstrap(batch: Batch, staged: dict[str, Path], scratch: Path, settings: Settings) -> dict:
     """Build the collection from every chunk of ``batch`` (several nights) when none exists yet."""
     started = time.time()
     target = VersionedCollection(settings.collection_dir)
@@ -59,18 +154,20 @@ def bootstrap(batch: Batch, staged: dict[str, Path], scratch: Path, settings: Se
     schema = lightcurves.catalog_schema(settings.keep_float64)
     rows_dir = scratch / "rows"
     rows_dir.mkdir(parents=True, exist_ok=True)
-    inputs, totals = [], {"orphan_rows": 0, "solar_system_sources_skipped": 0}
+    sources, totals = [], {"orphan_rows": 0, "solar_system_sources_skipped": 0}
     for night in sorted({c.night for c in batch.chunks}):
         tables = {ds: stage.read_staged(staged[ds], night) for ds in apdb.DATASETS}
         rows, stats = lightcurves.nest_batch(tables["DiaObject"], tables["DiaSource"], tables["DiaForcedSource"],
                                              schema)
-        pq.write_table(rows, rows_dir / f"{night}.parquet")
-        inputs.append(rows_dir / f"{night}.parquet")
+        path = rows_dir / f"{night}.arrow"
+        with pa.OSFile(str(path), "wb") as sink, pa.ipc.new_file(sink, schema) as writer:
+            writer.write_table(rows)
+        sources.append(compaction.Source(path))
         totals["orphan_rows"] += stats.orphan_rows
         totals["solar_system_sources_skipped"] += stats.solar_system_sources
+        log.info("nested night %s: %d rows (%d orphan rows)", night, rows.num_rows, stats.orphan_rows)
     staging = target.staging(BOOTSTRAP)
-    result = _build_collection(staging, inputs, scratch / "shards", settings, order=settings.highest_healpix_order,
-                               threads=threads, mem_mb=mem_mb)
+    result = _build_collection(staging, sources, scratch, settings, order=settings.highest_healpix_order)
     write_ledger(staging, entries_for(batch))
     shutil.rmtree(rows_dir, ignore_errors=True)
     summary = {
@@ -79,38 +176,33 @@ def bootstrap(batch: Batch, staged: dict[str, Path], scratch: Path, settings: Se
         "chunks": [c.chunk_id for c in batch.chunks],
         "rows_in": {ds: batch.rows(ds) for ds in apdb.DATASETS},
         **totals,
-        "objects": result.objects,
-        "pixels": len(result.pixels),
+        **asdict(result),
         "seconds": round(time.time() - started, 3),
     }
     return _publish(target, staging, BOOTSTRAP, summary, settings)
 
 
-def weekly(scratch: Path, settings: Settings, *, threads: int = 1, mem_mb: int | None = None) -> dict:
+def weekly(scratch: Path, settings: Settings) -> dict:
     """Fold the dailies into one row per object, repartition and regenerate the whole collection."""
     started = time.time()
     target = VersionedCollection(settings.collection_dir)
     base = target.current()
     if base is None:
         raise CollectionStateError(f"no collection at {settings.collection_dir}: run `snakemake bootstrap` first")
-    names = settings.names
-    base_catalog = base / names.catalog
+    base_catalog = base / settings.names.catalog
     pixels = PartitionInfo.read_from_dir(base_catalog).get_healpix_pixels()
-    inputs = [path for _, path in catalog.pixel_files(base_catalog, pixels)]
+    sources = [compaction.Source(path, pixel) for pixel, path in catalog.pixel_files(base_catalog, pixels)]
     order = int(TableProperties.read_from_dir(base_catalog).skymap_order)
     label = f"weekly-{datetime.now(tz=UTC).strftime('%Y%m%dT%H%M%S')}"
     staging = target.staging(label)
-    result = _build_collection(staging, inputs, scratch / "shards", settings, order=order, threads=threads,
-                               mem_mb=mem_mb)
+    result = _build_collection(staging, sources, scratch, settings, order=order)
     shutil.copytree(base / LEDGER_PATH.parent, staging / LEDGER_PATH.parent)
     summary = {
         "batch": label,
         "base_version": base.name,
-        "files_in": len(inputs),
+        "files_in": len(sources),
         "pixels_in": len(pixels),
-        "rows_in": result.rows_in,
-        "objects": result.objects,
-        "pixels": len(result.pixels),
+        **asdict(result),
         "seconds": round(time.time() - started, 3),
     }
     return _publish(target, staging, label, summary, settings)

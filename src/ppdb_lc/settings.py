@@ -45,7 +45,6 @@ class Settings:
     keep_versions: int = 2
     validate_commits: bool = True
     on_invalid_chunk: str = "error"
-    dask_scheduler_address: str | None = None
 
     @classmethod
     def from_config(cls, config: dict[str, Any]) -> Settings:
@@ -67,5 +66,4 @@ class Settings:
             keep_versions=int(config.get("keep_versions", 2)),
             validate_commits=bool(config.get("validate_commits", True)),
             on_invalid_chunk=str(config.get("on_invalid_chunk", "error")),
-            dask_scheduler_address=config.get("dask_scheduler_address") or None,
         )
