@@ -257,6 +257,14 @@ def main(argv: list[str] | None = None) -> int:
     lines.append(f"  catalog pixels before weekly {len(summaries[-2]['pixels']) if 'pixels' in summaries[-2] else '?'}"
                  f", after {weekly_summary['pixels']}; rows before {weekly_summary['rows_in']}, after "
                  f"{weekly_summary['objects']}")
+    full_summary = json.loads((full / "ingest" / "batches" / "bootstrap.json").read_text())
+    lines += ["", "inside the job (s; plan = keys + partitioning, fold = read/fold/write + margin/index rows, "
+              "metadata = margin/index/properties):"]
+    for name, summary in (("weekly", weekly_summary), ("full rebuild", full_summary)):
+        parts = ", ".join(f"{k} {v:.1f}" for k, v in summary.get("step_seconds", {}).items())
+        lines.append(f"  {name:<13} {summary['seconds']:.1f} s in the library ({parts}); "
+                     f"{summary.get('rows_moved', '?')} rows changed pixel group, {summary.get('margin_rows', '?')} "
+                     "margin rows")
     if profile_svg is not None:
         lines.append(f"profile of the last daily (its wall time includes py-spy's overhead): {profile_svg}")
     text = "\n".join(lines)
