@@ -118,6 +118,12 @@ def test_stash_keeps_order_and_spills(tmp_path):
     assert stash.keys() == {5, 7} and len(list((tmp_path / "s").glob("*.arrow"))) == 3
     assert stash.take(5)["x"].to_pylist() == [1, 2, 3]
     assert stash.keys() == {7} and stash.take(9).num_rows == 0
+    held = Stash(tmp_path / "h", t.schema)  # in memory: masked rows are not copied, and filtered on take
+    held.put(1, t, np.array([True, False, True]))
+    table, keep = held.take_masked(1)
+    assert table.num_rows == 3 and keep.tolist() == [True, False, True]
+    held.put(1, t, np.array([True, False, True]))
+    assert held.take(1)["x"].to_pylist() == [1, 3]
     stash.close()
     assert not (tmp_path / "s").exists()
 

@@ -107,6 +107,11 @@ def test_fold_merges_versions_orphans_and_light_curves():
     assert by_id[10]["diaSource"]["midpointMjdTai"] == sorted(by_id[10]["diaSource"]["midpointMjdTai"])
     assert by_id[40]["diaForcedSource"]["diaForcedSourceId"] == [101, 102]  # deduplicated by id
     assert folded.num_rows == 4
+    # folding a subset of rows by mask equals folding the filtered table
+    both = pa.concat_tables([night1, night2.cast(schema)])
+    for keep in (np.arange(both.num_rows) % 2 == 0, np.arange(both.num_rows) < 5):
+        assert lightcurves.fold(both, schema, keep).equals(lightcurves.fold(both.filter(pa.array(keep)), schema))
+    assert lightcurves.fold(both, schema, np.zeros(both.num_rows, dtype=bool)).num_rows == 0
 
 
 def test_partition_keeps_existing_pixels_and_adds_new_outside():

@@ -10,7 +10,9 @@ Every data file is written with one fixed schema (:func:`lightcurves.catalog_sch
 
 from __future__ import annotations
 
+from collections import deque
 from collections.abc import Iterable, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 
 import hats
@@ -56,6 +58,37 @@ def write_pixel_slices(
         pq.write_table(part, pixel_file(catalog_dir, pixel, file_name), **WRITE_OPTIONS)
         counts[pixel] = part.num_rows
     return counts
+
+
+class BackgroundWriter:
+    """Parquet writes (encoding, compression) in a worker thread, overlapping the caller's next computation.
+
+    At most ``pending`` tables wait, so memory stays bounded; :meth:`finish` waits for all and raises the first
+    write error. Use as a context manager.
+    """
+
+    def __init__(self, pending: int = 2) -> None:
+        self._pool = ThreadPoolExecutor(max_workers=1)
+        self._pending: deque[Future] = deque()
+        self._limit = pending
+
+    def write(self, table: pa.Table, path: Path) -> None:
+        while len(self._pending) >= self._limit:
+            self._pending.popleft().result()
+        self._pending.append(self._pool.submit(pq.write_table, table, path, **WRITE_OPTIONS))
+
+    def finish(self) -> None:
+        try:
+            while self._pending:
+                self._pending.popleft().result()
+        finally:
+            self._pool.shutdown(wait=True, cancel_futures=True)
+
+    def __enter__(self) -> BackgroundWriter:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.finish()
 
 
 def read_pixel(catalog_dir: Path, pixel: HealpixPixel, schema: pa.Schema, columns: list[str] | None = None) -> pa.Table:

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -100,6 +101,10 @@ class Compaction:
         group_of_source_pixel = dict(zip(source_pixels, source_group.tolist(), strict=True))
         self._source_group = [group_of_source_pixel.get(s.pixel, -1) if s.pixel else -1 for s in self.sources]
         self.groups = int(max([*self._pixel_group.tolist(), *self._source_group], default=-1)) + 1
+        self._members: list[list[int]] = [[] for _ in range(self.groups)]
+        for k, group in enumerate(self._source_group):
+            if group >= 0:
+                self._members[group].append(k)
         self._waits_for_later = np.zeros(self.groups, dtype=bool)
         self.moved_rows = 0
         for group, k in zip(self._source_group, keys, strict=True):
@@ -114,17 +119,18 @@ class Compaction:
     def _group_of_rows(self, ids: np.ndarray) -> np.ndarray:
         return self._pixel_group[self._object_slot[np.searchsorted(self.object_ids, ids)]]
 
-    def _split(self, table: pa.Table, group: int, stash: Stash) -> pa.Table:
-        """Stash the rows bound for other groups; return those of ``group``."""
+    def _split(self, table: pa.Table, group: int, stash: Stash) -> np.ndarray:
+        """Stash the rows bound for other groups; return the mask of the rows of ``group``."""
         targets = self._group_of_rows(table[lightcurves.OBJECT_ID].to_numpy())
-        if (targets == group).all():
-            return table
-        for target in np.unique(targets[targets != group]):
-            stash.put(int(target), table.filter(pa.array(targets == target)))
-        return table.filter(pa.array(targets == group))
+        mine = targets == group
+        if not mine.all():
+            for target in np.unique(targets[~mine]):
+                stash.put(int(target), table.filter(pa.array(targets == target)))
+        return mine
 
-    def _fold_group(self, group: int, rows: pa.Table) -> Iterator[tuple[int, pa.Table]]:
-        folded = lightcurves.fold(rows, self.schema)
+    def _fold_group(self, group: int, rows: pa.Table, keep: np.ndarray | None = None
+                    ) -> Iterator[tuple[int, pa.Table]]:
+        folded = lightcurves.fold(rows, self.schema, keep)
         slots = partitioning.locate(folded[SPATIAL_INDEX_COLUMN].to_numpy(), self.pixels)
         mine = np.flatnonzero(self._pixel_group == group)
         if not np.isin(slots, mine).all():
@@ -133,32 +139,39 @@ class Compaction:
             lo, hi = np.searchsorted(slots, [slot, slot + 1])
             yield int(slot), folded.slice(int(lo), int(hi - lo))
 
+    def _read_group(self, group: int) -> list[pa.Table]:
+        return [read_source(self.sources[k], self.schema) for k in self._members[group]]
+
     def folded(self) -> Iterator[tuple[int, pa.Table]]:
-        """``(slot, rows)`` of every destination pixel (``self.pixels[slot]``): its objects, one row each."""
+        """``(slot, rows)`` of every destination pixel (``self.pixels[slot]``): its objects, one row each.
+
+        The next group's files are read in a background thread while the current group is folded.
+        """
         stash = Stash(self.scratch, self.schema, self.memory_limit)
         self.spilled_bytes = 0
+        reader = ThreadPoolExecutor(max_workers=1)
         try:
             for k, source in enumerate(self.sources):
                 if self._source_group[k] < 0:
                     self._split(read_source(source, self.schema), -1, stash)
-            members: list[list[int]] = [[] for _ in range(self.groups)]
-            for k, group in enumerate(self._source_group):
-                if group >= 0:
-                    members[group].append(k)
             deferred = []
+            upcoming = reader.submit(self._read_group, 0) if self.groups else None
             for group in range(self.groups):
-                parts = [stash.take(group)]
-                parts += [self._split(read_source(self.sources[k], self.schema), group, stash) for k in members[group]]
-                rows = pa.concat_tables(parts)
+                tables = upcoming.result()
+                upcoming = reader.submit(self._read_group, group + 1) if group + 1 < self.groups else None
+                arrived, arrived_keep = stash.take_masked(group)
+                rows = pa.concat_tables([arrived, *tables])
+                keep = np.concatenate([arrived_keep, *(self._split(table, group, stash) for table in tables)])
                 if self._waits_for_later[group]:
-                    stash.put(group, rows)
+                    stash.put(group, rows, keep)
                     deferred.append(group)
                     continue
-                yield from self._fold_group(group, rows)
+                yield from self._fold_group(group, rows, keep)
             for group in deferred:
-                yield from self._fold_group(group, stash.take(group))
+                yield from self._fold_group(group, *stash.take_masked(group))
             self.spilled_bytes = stash.spilled_bytes
             if stash.spilled_bytes:
                 log.info("compaction spilled %.1f MB to %s", stash.spilled_bytes / 1e6, self.scratch)
         finally:
+            reader.shutdown(wait=True, cancel_futures=True)
             stash.close()

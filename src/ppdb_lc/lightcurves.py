@@ -167,33 +167,39 @@ def latest_per_object(ids: np.ndarray, version: np.ndarray, healpix29: np.ndarra
     return order[last]
 
 
-def fold(table: pa.Table, schema: pa.Schema) -> pa.Table:
+def fold(table: pa.Table, schema: pa.Schema, keep: np.ndarray | None = None) -> pa.Table:
     """Fold all rows of each ``diaObjectId`` into one, output sorted by ``(_healpix_29, diaObjectId)``.
 
     Object columns come from the row with the greatest ``validityStartMjdTai`` (orphan rows, which have none,
     lose to any real version). Light curves are the union of all rows' points, deduplicated by source id and
-    sorted by ``midpointMjdTai``. Vectorized: one sort per nested column, no per-object work.
+    sorted by ``midpointMjdTai``. ``keep`` (boolean per row) folds only those rows, without copying the table
+    first. Vectorized: one sort per nested column, no per-object work.
     """
-    table = table.cast(schema)
-    if table.num_rows == 0:
-        return table
+    if not table.schema.equals(schema):
+        table = table.cast(schema)
+    selected = np.arange(table.num_rows) if keep is None else np.flatnonzero(keep)
+    if len(selected) == 0:
+        return schema.empty_table()
     ids = table[OBJECT_ID].to_numpy()
     hp29 = table[SPATIAL_INDEX_COLUMN].to_numpy()
-    latest = latest_per_object(ids, pc.fill_null(table[VERSION_COLUMN], -np.inf).to_numpy(), hp29)
+    version = pc.fill_null(table[VERSION_COLUMN], -np.inf).to_numpy()
+    latest = selected[latest_per_object(ids[selected], version[selected], hp29[selected])]
     object_ids = ids[latest]  # ascending
     out = latest[np.lexsort((object_ids, hp29[latest]))]  # output rows in (position, id) order
     out_row_of_object = np.argsort(ids[out], kind="stable")  # k-th smallest id -> its output row
     folded = table.drop_columns(list(NESTED)).take(pa.array(out))
     for name, (_, id_column) in NESTED.items():
         rows, points = flatten(table, name)
-        rows = out_row_of_object[np.searchsorted(object_ids, ids[rows])]
-        point_ids = points[id_column].to_numpy()
+        candidates = np.arange(len(rows)) if keep is None else np.flatnonzero(keep[rows])
+        rows = out_row_of_object[np.searchsorted(object_ids, ids[rows[candidates]])]
+        point_ids = points[id_column].to_numpy()[candidates]
         by_id = np.lexsort((point_ids, rows))
         first = np.ones(len(by_id), dtype=bool)
         first[1:] = point_ids[by_id][1:] != point_ids[by_id][:-1]
-        keep = by_id[first]
-        keep = keep[np.lexsort((points[TIME_COLUMN].to_numpy()[keep], rows[keep]))]
-        column = pack(points.take(pa.array(keep)), rows[keep], len(out), schema.field(name).type)
+        unique = by_id[first]
+        times = points[TIME_COLUMN].to_numpy()[candidates]
+        unique = unique[np.lexsort((times[unique], rows[unique]))]
+        column = pack(points.take(pa.array(candidates[unique])), rows[unique], len(out), schema.field(name).type)
         folded = folded.append_column(schema.field(name), column)
     return folded.select(schema.names)
 

@@ -82,17 +82,28 @@ class MarginCollector:
     def add(self, slot: int, rows: pa.Table) -> None:
         own = np.full(rows.num_rows, slot, dtype=np.int64)
         row, target = margin_targets(rows[SPATIAL_INDEX_COLUMN].to_numpy(), own, self.pixels, self.order)
-        for t in np.unique(target):
-            self.stash.put(int(t), rows.take(pa.array(row[target == t])))
+        if len(row) == 0:
+            return
+        order = np.lexsort((row, target))  # one take, then a zero-copy slice per target pixel
+        taken, target = rows.take(pa.array(row[order])), target[order]
+        bounds = np.flatnonzero(np.diff(target)) + 1
+        for start, stop in zip(np.r_[0, bounds], np.r_[bounds, len(target)], strict=True):
+            self.stash.put(int(target[start]), taken.slice(int(start), int(stop - start)))
 
-    def write(self, margin_dir: Path, file_name: str) -> dict[HealpixPixel, int]:
+    def write(self, margin_dir: Path, file_name: str, writer: catalog.BackgroundWriter | None = None
+              ) -> dict[HealpixPixel, int]:
         """One file per pixel that has margin rows (sorted by ``_healpix_29``); returns the row counts."""
         counts = {}
         for slot in sorted(self.stash.keys()):
             table = self.stash.take(slot)
-            table = table.sort_by(SPATIAL_INDEX_COLUMN)
+            if (np.diff(table[SPATIAL_INDEX_COLUMN].to_numpy()) < 0).any():  # rows came in sky order unless deferred
+                table = table.sort_by(SPATIAL_INDEX_COLUMN)
             pixel = self.pixels[slot]
-            pq.write_table(table, catalog.pixel_file(margin_dir, pixel, file_name), **catalog.WRITE_OPTIONS)
+            path = catalog.pixel_file(margin_dir, pixel, file_name)
+            if writer is None:
+                pq.write_table(table, path, **catalog.WRITE_OPTIONS)
+            else:
+                writer.write(table, path)
             counts[pixel] = table.num_rows
         self.stash.close()
         return counts

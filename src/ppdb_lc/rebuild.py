@@ -6,16 +6,13 @@ import json
 import logging
 import shutil
 import time
-from collections import deque
 from collections.abc import Sequence
-from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import asdict, dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
-import pyarrow.parquet as pq
 from hats.catalog import PartitionInfo, TableProperties
 from hats.io.parquet_metadata import write_parquet_metadata
 from hats.io.validation import is_valid_catalog
@@ -41,26 +38,6 @@ class BuildResult:
     step_seconds: dict[str, float]
 
 
-class _BackgroundWrites:
-    """Parquet writes (compression) in a worker thread, overlapping the next pixel's fold; at most two pending."""
-
-    def __init__(self) -> None:
-        self._pool = ThreadPoolExecutor(max_workers=1)
-        self._pending: deque[Future] = deque()
-
-    def write(self, table: pa.Table, path: Path) -> None:
-        while len(self._pending) >= 2:
-            self._pending.popleft().result()
-        self._pending.append(self._pool.submit(pq.write_table, table, path, **catalog.WRITE_OPTIONS))
-
-    def finish(self) -> None:
-        try:
-            while self._pending:
-                self._pending.popleft().result()
-        finally:
-            self._pool.shutdown(wait=True, cancel_futures=True)
-
-
 def _build_collection(staging: Path, sources: list[compaction.Source], scratch: Path, settings: Settings, *,
                       order: int) -> BuildResult:
     """Write the whole collection (catalog, margin, index, properties) into ``staging`` from ``sources``."""
@@ -74,20 +51,17 @@ def _build_collection(staging: Path, sources: list[compaction.Source], scratch: 
     margin = margins.MarginCollector(plan.pixels, margins.margin_order(names.margin_arcsec, plan.pixels),
                                      Stash(scratch / "margin", schema))
     index_ids, index_hp29, index_slots = [np.empty(0, np.int64)], [np.empty(0, np.int64)], [np.empty(0, np.int64)]
-    writes = _BackgroundWrites()
-    try:
+    with catalog.BackgroundWriter() as writer:
         for done, (slot, rows) in enumerate(plan.folded(), start=1):
-            writes.write(rows, catalog.pixel_file(cat, plan.pixels[slot], COMPACTED_FILE))
+            writer.write(rows, catalog.pixel_file(cat, plan.pixels[slot], COMPACTED_FILE))
             margin.add(slot, rows)
             index_ids.append(rows[lightcurves.OBJECT_ID].to_numpy())
             index_hp29.append(rows[SPATIAL_INDEX_COLUMN].to_numpy())
             index_slots.append(np.full(rows.num_rows, slot))
             if done % 25 == 0 or done == len(plan.pixels):
                 log.info("folded %d/%d pixels", done, len(plan.pixels))
-    finally:
-        writes.finish()
-    clock["fold"] = time.time()
-    margin_counts = margin.write(staging / names.margin, COMPACTED_FILE)
+        clock["fold"] = time.time()
+        margin_counts = margin.write(staging / names.margin, COMPACTED_FILE, writer)
     compaction_total = finish_catalog(cat, plan, name=names.catalog, order=order, alt_orders=settings.skymap_alt_orders,
                                       threshold=settings.pixel_threshold)
     margin_total = collection.finish_margin(staging / names.margin, list(margin_counts), schema, names)

@@ -1,8 +1,9 @@
 """A scratch store of Arrow tables by integer key: held in memory up to a byte limit, spilled to IPC files beyond.
 
-Compaction uses it for the rows that must wait for another pixel (objects that moved, margin rows): the common
-case stays in memory, and a large week still runs in bounded memory. Arrow IPC (uncompressed) makes a spill cost
-little more than a memory copy to disk.
+Compaction uses it for the rows that must wait for another pixel (objects that moved, margin rows, groups folded
+last): the common case stays in memory, and a large week still runs in bounded memory. Arrow IPC (uncompressed)
+makes a spill cost little more than a memory copy to disk. A table can be put with a row mask: held tables are
+then not copied at all, spilled ones are filtered on the way out.
 """
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ import shutil
 from collections import defaultdict
 from pathlib import Path
 
+import numpy as np
 import pyarrow as pa
 
 DEFAULT_MEMORY_LIMIT = 512 * 1024**2
@@ -23,28 +25,38 @@ class Stash:
         self.directory = Path(directory)
         self.schema = schema
         self.memory_limit = memory_limit
-        self._held: dict[int, list[pa.Table]] = defaultdict(list)
+        self._held: dict[int, list[tuple[pa.Table, np.ndarray | None]]] = defaultdict(list)
         self._spilled: dict[int, list[Path]] = defaultdict(list)
         self._held_bytes = 0
         self.spilled_bytes = 0
 
-    def put(self, key: int, table: pa.Table) -> None:
-        if table.num_rows == 0:
+    def put(self, key: int, table: pa.Table, keep: np.ndarray | None = None) -> None:
+        """Add ``table`` (only its rows where ``keep`` is true, if given) under ``key``."""
+        if table.num_rows == 0 or (keep is not None and not keep.any()):
             return
-        self._held[int(key)].append(table)
+        if not table.schema.equals(self.schema):
+            table = table.cast(self.schema)
+        self._held[int(key)].append((table, keep))
         self._held_bytes += table.nbytes
         if self._held_bytes > self.memory_limit:
             self._spill()
 
-    def take(self, key: int) -> pa.Table:
+    def take_masked(self, key: int) -> tuple[pa.Table, np.ndarray]:
+        """All rows put under ``key`` as one table and the mask of those that count; removes them."""
         key = int(key)
-        tables = [self._read(path) for path in self._spilled.pop(key, [])]
+        parts = [(self._read(path), None) for path in self._spilled.pop(key, [])]
         held = self._held.pop(key, [])
-        self._held_bytes -= sum(t.nbytes for t in held)
-        tables += held
-        if not tables:
-            return self.schema.empty_table()
-        return pa.concat_tables([t.cast(self.schema) for t in tables])
+        self._held_bytes -= sum(t.nbytes for t, _ in held)
+        parts += held
+        if not parts:
+            return self.schema.empty_table(), np.zeros(0, dtype=bool)
+        keep = np.concatenate([np.ones(t.num_rows, dtype=bool) if m is None else m for t, m in parts])
+        return pa.concat_tables([t for t, _ in parts]), keep
+
+    def take(self, key: int) -> pa.Table:
+        """All rows put under ``key`` (masks applied) as one table; removes them."""
+        table, keep = self.take_masked(key)
+        return table if keep.all() else table.filter(pa.array(keep))
 
     def keys(self) -> set[int]:
         return set(self._held) | set(self._spilled)
@@ -57,9 +69,9 @@ class Stash:
 
     def _spill(self) -> None:
         self.directory.mkdir(parents=True, exist_ok=True)
-        for key, tables in self._held.items():
+        for key, parts in self._held.items():
             path = self.directory / f"{key}.{len(self._spilled[key]):05d}.arrow"
-            table = pa.concat_tables([t.cast(self.schema) for t in tables])
+            table = pa.concat_tables([t if m is None else t.filter(pa.array(m)) for t, m in parts])
             with pa.OSFile(str(path), "wb") as sink, pa.ipc.new_file(sink, self.schema) as writer:
                 writer.write_table(table)
             self._spilled[key].append(path)
