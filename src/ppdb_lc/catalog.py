@@ -61,16 +61,16 @@ def write_pixel_slices(
 
 
 class BackgroundWriter:
-    """Parquet writes (encoding, compression) in a worker thread, overlapping the caller's next computation.
+    """Parquet writes (encoding, compression) in worker threads, overlapping the caller's next computation.
 
-    At most ``pending`` tables wait, so memory stays bounded; :meth:`finish` waits for all and raises the first
-    write error. Use as a context manager.
+    At most ``2 * threads`` tables wait, so memory stays bounded; :meth:`finish` waits for all and raises the
+    first write error. Use as a context manager.
     """
 
-    def __init__(self, pending: int = 2) -> None:
-        self._pool = ThreadPoolExecutor(max_workers=1)
+    def __init__(self, threads: int = 2) -> None:
+        self._pool = ThreadPoolExecutor(max_workers=max(1, threads))
         self._pending: deque[Future] = deque()
-        self._limit = pending
+        self._limit = 2 * max(1, threads)
 
     def write(self, table: pa.Table, path: Path) -> None:
         while len(self._pending) >= self._limit:

@@ -10,15 +10,15 @@ Used by bootstrap (sources: the nested rows of every night, anywhere on the sky)
    everything inside it. Groups are processed in sky order: read the group's files, send the rows of objects
    whose destination lies in another group (they moved across a boundary) to a :class:`~ppdb_lc.stash.Stash`,
    fold the rest with the rows other groups sent here, and hand out each destination pixel's rows. A group that
-   still waits for rows from a later group is stashed and folded at the end. Sources without a pixel (bootstrap)
-   are routed to their groups first.
+   still waits for rows from a later group is stashed and folded as soon as that group was read. Sources without
+   a pixel (bootstrap) are routed to their groups first.
 """
 
 from __future__ import annotations
 
 import logging
 from collections.abc import Iterator, Sequence
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -50,7 +50,8 @@ def read_source(source: Source, schema: pa.Schema, columns: list[str] | None = N
         with pa.memory_map(str(source.path)) as handle:
             table = pa.ipc.open_file(handle).read_all()
         return table.select(columns) if columns else table
-    return pq.read_table(source.path, schema=schema, columns=columns)
+    # one thread per file: callers read several files at once, which decodes faster than pyarrow's column threads
+    return pq.read_table(source.path, schema=schema, columns=columns, use_threads=False)
 
 
 def _ranges(pixels: Sequence[HealpixPixel]) -> np.ndarray:
@@ -105,13 +106,15 @@ class Compaction:
         for k, group in enumerate(self._source_group):
             if group >= 0:
                 self._members[group].append(k)
-        self._waits_for_later = np.zeros(self.groups, dtype=bool)
+        # A group can be folded once the last group that sends it rows has been read (-1: none, or only
+        # unpartitioned sources, which are routed first).
+        self._last_sender = np.full(self.groups, -1, dtype=np.int64)
         self.moved_rows = 0
         for group, k in zip(self._source_group, keys, strict=True):
             targets = self._group_of_rows(k[lightcurves.OBJECT_ID].to_numpy())
             if group >= 0:
-                later = np.unique(targets[targets != group])
-                self._waits_for_later[later[later < group]] = True
+                receivers = np.unique(targets[targets != group])
+                self._last_sender[receivers] = np.maximum(self._last_sender[receivers], group)
                 self.moved_rows += int((targets != group).sum())
         log.info("plan: %d sources, %d rows, %d objects -> %d pixels in %d groups; %d rows change group",
                  len(self.sources), self.rows_in, self.objects, len(self.pixels), self.groups, self.moved_rows)
@@ -139,36 +142,40 @@ class Compaction:
             lo, hi = np.searchsorted(slots, [slot, slot + 1])
             yield int(slot), folded.slice(int(lo), int(hi - lo))
 
-    def _read_group(self, group: int) -> list[pa.Table]:
-        return [read_source(self.sources[k], self.schema) for k in self._members[group]]
-
-    def folded(self) -> Iterator[tuple[int, pa.Table]]:
+    def folded(self, threads: int = 2) -> Iterator[tuple[int, pa.Table]]:
         """``(slot, rows)`` of every destination pixel (``self.pixels[slot]``): its objects, one row each.
 
-        The next group's files are read in a background thread while the current group is folded.
+        Groups go in sky order; the next group's files are read by ``threads`` background threads while the
+        current one is folded. A group still waiting for rows of a later group is held in the stash and folded
+        right after that group was read.
         """
         stash = Stash(self.scratch, self.schema, self.memory_limit)
         self.spilled_bytes = 0
-        reader = ThreadPoolExecutor(max_workers=1)
+        reader = ThreadPoolExecutor(max_workers=max(1, threads))
+
+        def read_group(group: int) -> list[Future]:
+            return [reader.submit(read_source, self.sources[k], self.schema) for k in self._members[group]]
+
         try:
             for k, source in enumerate(self.sources):
                 if self._source_group[k] < 0:
                     self._split(read_source(source, self.schema), -1, stash)
-            deferred = []
-            upcoming = reader.submit(self._read_group, 0) if self.groups else None
+            waiting: list[int] = []
+            upcoming = read_group(0) if self.groups else []
             for group in range(self.groups):
-                tables = upcoming.result()
-                upcoming = reader.submit(self._read_group, group + 1) if group + 1 < self.groups else None
+                tables = [future.result() for future in upcoming]
+                upcoming = read_group(group + 1) if group + 1 < self.groups else []
                 arrived, arrived_keep = stash.take_masked(group)
                 rows = pa.concat_tables([arrived, *tables])
                 keep = np.concatenate([arrived_keep, *(self._split(table, group, stash) for table in tables)])
-                if self._waits_for_later[group]:
+                if self._last_sender[group] > group:
                     stash.put(group, rows, keep)
-                    deferred.append(group)
-                    continue
-                yield from self._fold_group(group, rows, keep)
-            for group in deferred:
-                yield from self._fold_group(group, *stash.take_masked(group))
+                    waiting.append(group)
+                else:
+                    yield from self._fold_group(group, rows, keep)
+                for ready in [g for g in waiting if self._last_sender[g] <= group]:
+                    waiting.remove(ready)
+                    yield from self._fold_group(ready, *stash.take_masked(ready))
             self.spilled_bytes = stash.spilled_bytes
             if stash.spilled_bytes:
                 log.info("compaction spilled %.1f MB to %s", stash.spilled_bytes / 1e6, self.scratch)

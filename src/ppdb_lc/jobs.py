@@ -18,9 +18,19 @@ from ppdb_lc.ledger import BOOTSTRAP, Batch
 from ppdb_lc.settings import Settings
 
 
+def use_jemalloc() -> None:
+    """Arrow's jemalloc pool instead of the default mimalloc: on the nested tables of compaction mimalloc spent
+    ~2 s more in page faults (weekly fold 3.0-3.3 s vs 4.0-4.8 s on the 20k-object benchmark) and peaked higher."""
+    import pyarrow as pa
+
+    if "jemalloc" in pa.supported_memory_backends():
+        pa.set_memory_pool(pa.jemalloc_memory_pool())
+
+
 @contextlib.contextmanager
 def job_log(path: str | Path | None) -> Iterator[None]:
-    """Send logging and stderr (progress bars) of the job to its Snakemake log file."""
+    """Set up a job process: Arrow memory pool, logging and stderr (progress bars) into its Snakemake log file."""
+    use_jemalloc()
     if path is None:
         yield
         return
