@@ -84,7 +84,8 @@ class Compaction:
         self.memory_limit = memory_limit
         self.schema = schema
         self.scratch = scratch
-        keys = [read_source(s, schema, KEY_COLUMNS) for s in self.sources]
+        with ThreadPoolExecutor(max_workers=2) as pool:
+            keys = list(pool.map(lambda source: read_source(source, schema, KEY_COLUMNS), self.sources))
         self.rows_in = sum(k.num_rows for k in keys)
         all_keys = pa.concat_tables(keys) if keys else schema.empty_table().select(KEY_COLUMNS)
         ids = all_keys[lightcurves.OBJECT_ID].to_numpy()
