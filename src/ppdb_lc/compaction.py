@@ -101,7 +101,7 @@ class Compaction:
         source_pixels = partitioning.sorted_pixels({s.pixel for s in self.sources if s.pixel is not None})
         self._pixel_group, source_group = pixel_groups(self.pixels, source_pixels)
         group_of_source_pixel = dict(zip(source_pixels, source_group.tolist(), strict=True))
-        self._source_group = [group_of_source_pixel.get(s.pixel, -1) if s.pixel else -1 for s in self.sources]
+        self._source_group = [group_of_source_pixel[s.pixel] if s.pixel is not None else -1 for s in self.sources]
         self.groups = int(max([*self._pixel_group.tolist(), *self._source_group], default=-1)) + 1
         self._members: list[list[int]] = [[] for _ in range(self.groups)]
         for k, group in enumerate(self._source_group):
