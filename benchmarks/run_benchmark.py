@@ -36,7 +36,7 @@ from ppdb_lc.ledger import read_ledger
 from ppdb_lc.versions import VersionedCollection
 
 REPO = Path(__file__).resolve().parents[1]
-RULES = ("stage", "build_batch", "commit_batch", "full_build")
+RULES = ("stage", "ingest_batch", "full_build")
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -261,12 +261,9 @@ def main(argv: list[str] | None = None) -> int:
         ratios["daily wall, last/first night"] = last["wall_s"] / first["wall_s"]
         ratios["daily wall per input row, last/first night"] = (last["wall_s"] / last["input_rows"]) / (
             first["wall_s"] / first["input_rows"])
-        build_first, build_last = first["rules"].get("build_batch"), last["rules"].get("build_batch")
-        if build_first and build_last:
-            ratios["build_batch s, last/first night"] = build_last["s"] / build_first["s"]
-        commit_first, commit_last = first["rules"].get("commit_batch"), last["rules"].get("commit_batch")
-        if commit_first and commit_last:
-            ratios["commit_batch s, last/first night"] = commit_last["s"] / commit_first["s"]
+        ingest_first, ingest_last = first["rules"].get("ingest_batch"), last["rules"].get("ingest_batch")
+        if ingest_first and ingest_last:
+            ratios["ingest_batch s, last/first night"] = ingest_last["s"] / ingest_first["s"]
     ratios[f"weekly/full rebuild wall (medians of {args.repeats})"] = walls["weekly"] / walls["full_rebuild"]
     for name in ("id_search", "cone_search"):
         ratios[f"{name} after/before weekly"] = queries_after[name]["seconds"] / queries_before[name]["seconds"]

@@ -90,8 +90,10 @@ def built(tmp_path_factory: pytest.TempPathFactory) -> Built:
     commits = []
     for batch in make_plan(settings).batches:
         build = ws.work / batch.name / "build"
-        nightly.build_batch(batch, _stage(batch, ws.work / batch.name), build, settings)
-        commits.append(nightly.commit_batch(batch, build, settings))
+        commits.append(nightly.ingest_batch(batch, _stage(batch, ws.work / batch.name), build, settings))
+        assert not build.exists()
+        assert nightly.ingest_batch(batch, {}, build, settings) == {  # a committed night is a no-op
+            "batch": batch.name, "already_committed_in": os.path.basename(os.readlink(ws.collection))}
     return Built(ws, bootstrap_preview, nights_preview, boot, commits, bootstrap_pixels, bootstrap_rows)
 
 
@@ -260,9 +262,8 @@ def write_benchmarks(root: Path) -> dict[tuple[str, str], tuple[float, float]]:
              ("compact_collection", "weekly after v000004-" + NIGHTS[-1]): root / "compact_collection" /
              f"v000004-{NIGHTS[-1]}.tsv"}
     for i, night in enumerate(NIGHTS[1:]):
-        for rule in ("build_batch", "commit_batch"):
-            jobs[(rule, night)] = (10.0 + i, 280.0 + i)
-            paths[(rule, night)] = root / rule / f"{night}.tsv"
+        jobs[("ingest_batch", night)] = (10.0 + i, 280.0 + i)
+        paths[("ingest_batch", night)] = root / "ingest_batch" / f"{night}.tsv"
         for j, ds in enumerate(apdb.DATASETS):
             jobs[(f"stage_dataset {ds}", night)] = (12.0 + j, 260.0 + j)
             paths[(f"stage_dataset {ds}", night)] = root / "stage_dataset" / night / f"{ds}.tsv"
@@ -277,8 +278,7 @@ def test_read_benchmarks(tmp_path: Path) -> None:
     jobs = write_benchmarks(tmp_path)
     records = report.read_benchmarks(report.benchmark_files(tmp_path), tmp_path)
     assert {(r.job, r.batch): (r.seconds, r.max_rss_mb) for r in records} == jobs
-    assert {r.rule for r in records} == {"bootstrap_collection", "compact_collection", "build_batch", "commit_batch",
-                                         "stage_dataset"}
+    assert {r.rule for r in records} == {"bootstrap_collection", "compact_collection", "ingest_batch", "stage_dataset"}
 
 
 def test_summaries_order_and_sizes(built: Built) -> None:

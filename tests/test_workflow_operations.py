@@ -73,7 +73,7 @@ def test_interrupted_after_imports_resumes_to_the_same_catalog(bootstrapped: Wor
     assert os.readlink(ws.collection).endswith("-bootstrap")  # nothing committed yet
     resumed = ws.snakemake("daily", "--config", f"until={NIGHTS[2]}")
     log = resumed.stdout + resumed.stderr
-    assert "rule stage_dataset" not in log and "rule commit_batch" in log
+    assert "rule stage_dataset" not in log and "rule ingest_batch" in log
     reference = Workspace(tmp_path_factory.mktemp("reference"))
     import shutil
 

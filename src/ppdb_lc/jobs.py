@@ -71,21 +71,13 @@ def stage_dataset(manifests: Sequence[str], dataset: str, out_dir: str, config: 
         stage.stage_dataset(chunks, dataset, Path(out_dir), Settings.from_config(config).keep_float64)
 
 
-def build_batch(name: str, night: str, manifests: Sequence[str], staged: dict[str, str], out_dir: str,
-                config: dict[str, Any], log: str) -> None:
+def ingest_batch(name: str, night: str, manifests: Sequence[str], staged: dict[str, str], build_dir: str,
+                 marker: str, config: dict[str, Any], log: str) -> None:
     from ppdb_lc import nightly
 
     with job_log(log):
-        nightly.build_batch(_batch(name, night, manifests), {k: Path(v) for k, v in staged.items()}, Path(out_dir),
-                            Settings.from_config(config))
-
-
-def commit_batch(name: str, night: str, manifests: Sequence[str], build_dir: str, marker: str,
-                 config: dict[str, Any], log: str) -> None:
-    from ppdb_lc import nightly
-
-    with job_log(log):
-        summary = nightly.commit_batch(_batch(name, night, manifests), Path(build_dir), Settings.from_config(config))
+        summary = nightly.ingest_batch(_batch(name, night, manifests), {k: Path(v) for k, v in staged.items()},
+                                       Path(build_dir), Settings.from_config(config))
         _write_json(marker, summary)
 
 

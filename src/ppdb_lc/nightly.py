@@ -1,7 +1,8 @@
 """The daily increment: build one batch's files under the collection's partitioning, then commit it atomically.
 
-``build_batch`` reads the published collection only (partitioning, neighbouring pixels for new margins) and
-writes everything the batch adds into a build directory in ``work_dir``: one dated file per touched pixel, the
+The nightly job (:func:`ingest_batch`) runs both steps in one process (one import of the libraries).
+``build_batch`` reads the published collection only (partitioning, neighbouring pixels for new margins) and writes
+everything the batch adds into a build directory in ``work_dir``: one dated file per touched pixel, the
 margin rows it contributes, its index rows and its skymap histogram. ``commit_batch`` turns the published version
 plus that build directory into a new version (hard links, see :mod:`ppdb_lc.versions`), brings partition info,
 properties, point map, skymaps, ``_common_metadata``, margin and index metadata and the ledger up to date,
@@ -228,4 +229,19 @@ def commit_batch(batch: Batch, build_dir: Path, settings: Settings) -> dict:
     version = versions.publish(staged, batch.name, keep=settings.keep_versions)
     summary["version"] = version.name
     log.info("committed %s as %s in %.1f s", batch.name, version.name, time.time() - started)
+    return summary
+
+
+def ingest_batch(batch: Batch, staged: dict[str, Path], build_dir: Path, settings: Settings) -> dict:
+    """The nightly job: :func:`build_batch` into ``build_dir``, then :func:`commit_batch`, in one process.
+
+    A batch whose chunks are already in the ledger is a no-op; ``build_dir`` is removed once committed.
+    """
+    base = published(settings)
+    if {c.chunk_id for c in batch.chunks} <= {e.chunk_id for e in read_ledger(base)}:
+        log.info("batch %s is already committed in %s; nothing to do", batch.name, base.name)
+        return {"batch": batch.name, "already_committed_in": base.name}
+    build_batch(batch, staged, build_dir, settings)
+    summary = commit_batch(batch, build_dir, settings)
+    shutil.rmtree(build_dir, ignore_errors=True)
     return summary

@@ -31,8 +31,7 @@ _RULE_COLORS = {
     "stage_dataset DiaObject": "#9ecae1",
     "stage_dataset DiaSource": "#4292c6",
     "stage_dataset DiaForcedSource": "#08519c",
-    "build_batch": "#fd8d3c",
-    "commit_batch": "#d94801",
+    "ingest_batch": "#e6550d",
     "bootstrap_collection": "#31a354",
     "compact_collection": "#756bb1",
 }

@@ -1,0 +1,35 @@
+# Stage 2 - ingest one night (one job, so the libraries are imported once):
+#   build: light curves nested into their objects by diaObjectId (orphans included), rows placed under the
+#          published partitioning (new pixels only outside coverage), margin and index rows;
+#   commit: a new collection version (hard links + the night's files + updated metadata and ledger), validated,
+#          then published by one atomic link switch.
+
+
+rule ingest_batch:
+    input:
+        unpack(lambda wc: staged(wc.batch)),
+        previous=previous_commit,
+    output:
+        temp(committed("{batch}")),
+    params:
+        night=lambda wc: batch_of(wc.batch).night,
+        manifests=manifests,
+        staged=lambda wc: staged(wc.batch),
+        build=lambda wc: work("batches", wc.batch, "build"),
+    log:
+        work("logs", "ingest_batch", "{batch}.log"),
+    benchmark:
+        work("benchmarks", "ingest_batch", "{batch}.tsv")
+    threads: 1
+    resources:
+        mem_mb=2000,
+        runtime=30,
+    conda:
+        "../envs/ppdb_lc.yaml"
+    script:
+        "../scripts/ingest_batch.py"
+
+
+rule daily:
+    input:
+        daily_input,
