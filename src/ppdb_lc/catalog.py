@@ -145,6 +145,21 @@ def write_properties(catalog_dir: Path, properties: TableProperties) -> None:
     properties.to_properties_file(catalog_dir)
 
 
+def spatial_properties(partition: PartitionInfo, estsize_kib: int) -> dict:
+    """Properties every spatially partitioned catalog of the collection shares (main catalog and margin)."""
+    return {
+        "ra_column": "ra",
+        "dec_column": "dec",
+        "healpix_column": SPATIAL_INDEX_COLUMN,
+        "healpix_order": SPATIAL_INDEX_ORDER,
+        "npix_suffix": "/",
+        "moc_sky_fraction": float(partition.calculate_fractional_coverage()) if len(partition) else 0.0,
+        **TableProperties.new_provenance_dict(None, builder=BUILDER),
+        "hats_estsize": estsize_kib,
+        "hats_order": partition.get_highest_order() if len(partition) else 0,
+    }
+
+
 def object_properties(
     name: str,
     *,
@@ -160,21 +175,11 @@ def object_properties(
         catalog_name=name,
         catalog_type="object",
         total_rows=total_rows,
-        ra_column="ra",
-        dec_column="dec",
-        healpix_column=SPATIAL_INDEX_COLUMN,
-        healpix_order=SPATIAL_INDEX_ORDER,
-        npix_suffix="/",
         skymap_order=skymap_order,
         skymap_alt_orders=[o for o in skymap_alt_orders if o < skymap_order] or None,
         hats_max_rows=threshold,
-        moc_sky_fraction=float(partition.calculate_fractional_coverage()),
-        **{
-            **TableProperties.new_provenance_dict(None, builder=BUILDER),
-            "hats_estsize": estsize_kib,
-            "hats_order": partition.get_highest_order(),
-            "hats_cols_sort": "diaObjectId",
-        },
+        hats_cols_sort="diaObjectId",
+        **spatial_properties(partition, estsize_kib),
     )
 
 

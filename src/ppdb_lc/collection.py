@@ -20,7 +20,7 @@ from hats.catalog import PartitionInfo, TableProperties
 from hats.catalog.dataset.collection_properties import CollectionProperties
 from hats.io.parquet_metadata import write_parquet_metadata
 from hats.pixel_math import HealpixPixel
-from hats.pixel_math.spatial_index import SPATIAL_INDEX_COLUMN, SPATIAL_INDEX_ORDER
+from hats.pixel_math.spatial_index import SPATIAL_INDEX_COLUMN
 
 from ppdb_lc import catalog
 from ppdb_lc.settings import CollectionNames
@@ -95,19 +95,9 @@ def margin_properties(names: CollectionNames, *, total_rows: int, partition: Par
         catalog_name=names.margin,
         catalog_type="margin",
         total_rows=total_rows,
-        ra_column="ra",
-        dec_column="dec",
-        healpix_column=SPATIAL_INDEX_COLUMN,
-        healpix_order=SPATIAL_INDEX_ORDER,
         primary_catalog=names.catalog,
         margin_threshold=names.margin_arcsec,
-        npix_suffix="/",
-        moc_sky_fraction=float(partition.calculate_fractional_coverage()) if len(partition) else 0.0,
-        **{
-            **TableProperties.new_provenance_dict(None, builder=catalog.BUILDER),
-            "hats_estsize": estsize_kib,
-            "hats_order": partition.get_highest_order() if len(partition) else 0,
-        },
+        **catalog.spatial_properties(partition, estsize_kib),
     )
 
 
