@@ -82,21 +82,21 @@ def ingest_batch(name: str, night: str, manifests: Sequence[str], staged: dict[s
 
 
 def bootstrap(manifests: Sequence[str], staged: dict[str, str], scratch: str, marker: str, config: dict[str, Any],
-              log: str) -> None:
+              threads: int, log: str) -> None:
     from ppdb_lc import rebuild
 
     with job_log(log):
         batch = _batch(BOOTSTRAP, BOOTSTRAP, manifests)
         summary = rebuild.bootstrap(batch, {k: Path(v) for k, v in staged.items()}, Path(scratch),
-                                    Settings.from_config(config))
+                                    Settings.from_config(config), threads=threads)
         _write_json(marker, summary)
 
 
-def weekly(scratch: str, marker: str, config: dict[str, Any], log: str) -> None:
+def weekly(scratch: str, marker: str, config: dict[str, Any], threads: int, log: str) -> None:
     from ppdb_lc import rebuild
 
     with job_log(log):
-        summary = rebuild.weekly(Path(scratch), Settings.from_config(config))
+        summary = rebuild.weekly(Path(scratch), Settings.from_config(config), threads=threads)
         _write_json(marker, summary)
 
 

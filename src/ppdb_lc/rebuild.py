@@ -39,8 +39,12 @@ class BuildResult:
 
 
 def _build_collection(staging: Path, sources: list[compaction.Source], scratch: Path, settings: Settings, *,
-                      order: int) -> BuildResult:
-    """Write the whole collection (catalog, margin, index, properties) into ``staging`` from ``sources``."""
+                      order: int, threads: int) -> BuildResult:
+    """Write the whole collection (catalog, margin, index, properties) into ``staging`` from ``sources``.
+
+    ``threads`` (the job's cores) size the writer pool; files are read by twice as many threads (measured: 2
+    readers 6.2 s, 3-4 readers 4.6-4.9 s for the 20k-object weekly on 2 cores; decoding waits on memory).
+    """
     names = settings.names
     schema = lightcurves.catalog_schema(settings.keep_float64)
     clock = {"start": time.time()}
@@ -51,8 +55,8 @@ def _build_collection(staging: Path, sources: list[compaction.Source], scratch: 
     margin = margins.MarginCollector(plan.pixels, margins.margin_order(names.margin_arcsec, plan.pixels),
                                      Stash(scratch / "margin", schema))
     index_ids, index_hp29, index_slots = [np.empty(0, np.int64)], [np.empty(0, np.int64)], [np.empty(0, np.int64)]
-    with catalog.BackgroundWriter() as writer:
-        for done, (slot, rows) in enumerate(plan.folded(), start=1):
+    with catalog.BackgroundWriter(threads) as writer:
+        for done, (slot, rows) in enumerate(plan.folded(threads=2 * threads), start=1):
             writer.write(rows, catalog.pixel_file(cat, plan.pixels[slot], COMPACTED_FILE))
             margin.add(slot, rows)
             index_ids.append(rows[lightcurves.OBJECT_ID].to_numpy())
@@ -116,7 +120,7 @@ def _publish(collection_: VersionedCollection, staging: Path, label: str, summar
     return summary
 
 
-def bootstrap(batch: Batch, staged: dict[str, Path], scratch: Path, settings: Settings) -> dict:
+def bootstrap(batch: Batch, staged: dict[str, Path], scratch: Path, settings: Settings, *, threads: int = 2) -> dict:
     """Build the collection from every chunk of ``batch`` (several nights) when none exists yet."""
     started = time.time()
     target = VersionedCollection(settings.collection_dir)
@@ -141,7 +145,8 @@ def bootstrap(batch: Batch, staged: dict[str, Path], scratch: Path, settings: Se
         totals["solar_system_sources_skipped"] += stats.solar_system_sources
         log.info("nested night %s: %d rows (%d orphan rows)", night, rows.num_rows, stats.orphan_rows)
     staging = target.staging(BOOTSTRAP)
-    result = _build_collection(staging, sources, scratch, settings, order=settings.highest_healpix_order)
+    result = _build_collection(staging, sources, scratch, settings, order=settings.highest_healpix_order,
+                               threads=threads)
     write_ledger(staging, entries_for(batch))
     shutil.rmtree(rows_dir, ignore_errors=True)
     summary = {
@@ -156,7 +161,7 @@ def bootstrap(batch: Batch, staged: dict[str, Path], scratch: Path, settings: Se
     return _publish(target, staging, BOOTSTRAP, summary, settings)
 
 
-def weekly(scratch: Path, settings: Settings) -> dict:
+def weekly(scratch: Path, settings: Settings, *, threads: int = 2) -> dict:
     """Fold the dailies into one row per object, repartition and regenerate the whole collection."""
     started = time.time()
     target = VersionedCollection(settings.collection_dir)
@@ -169,7 +174,7 @@ def weekly(scratch: Path, settings: Settings) -> dict:
     order = int(TableProperties.read_from_dir(base_catalog).skymap_order)
     label = f"weekly-{datetime.now(tz=UTC).strftime('%Y%m%dT%H%M%S')}"
     staging = target.staging(label)
-    result = _build_collection(staging, sources, scratch, settings, order=order)
+    result = _build_collection(staging, sources, scratch, settings, order=order, threads=threads)
     shutil.copytree(base / LEDGER_PATH.parent, staging / LEDGER_PATH.parent)
     summary = {
         "batch": label,
