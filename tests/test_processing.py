@@ -99,7 +99,7 @@ def test_fold_merges_versions_orphans_and_light_curves():
     night2, _ = lightcurves.nest_batch(newer.filter(pa.array([True, False])),
                                        sources.slice(0, 1).set_column(0, "diaSourceId", pa.array([9], pa.int64())),
                                        forced.slice(1, 1), schema)
-    folded = lightcurves.fold_many([night1, night2], schema)
+    folded = lightcurves.fold(pa.concat_tables([night1, night2.cast(schema)]), schema)
     by_id = {r["diaObjectId"]: r for r in folded.to_pylist()}
     assert sorted(by_id) == [10, 20, 30, 40]
     assert by_id[10]["ra"] == 10.5 and by_id[10]["validityStartMjdTai"] == 9.0

@@ -13,7 +13,6 @@ object's latest version and fills their columns.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
 from dataclasses import dataclass
 from functools import cache
 
@@ -203,6 +202,3 @@ def fold(table: pa.Table, schema: pa.Schema, keep: np.ndarray | None = None) -> 
         folded = folded.append_column(schema.field(name), column)
     return folded.select(schema.names)
 
-
-def fold_many(tables: Sequence[pa.Table], schema: pa.Schema) -> pa.Table:
-    return fold(pa.concat_tables([t.cast(schema) for t in tables]), schema)
