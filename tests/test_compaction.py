@@ -124,6 +124,8 @@ def test_stash_keeps_order_and_spills(tmp_path):
     assert table.num_rows == 3 and keep.tolist() == [True, False, True]
     held.put(1, t, np.array([True, False, True]))
     assert held.take(1)["x"].to_pylist() == [1, 3]
+    held.put_rows(t, np.array([2, 0, 1]), np.array([4, 3, 4]))  # row i under key i, one take for all keys
+    assert held.take(3)["x"].to_pylist() == [1] and held.take(4)["x"].to_pylist() == [2, 3]
     stash.close()
     assert not (tmp_path / "s").exists()
 

@@ -111,6 +111,7 @@ class Compaction:
         # unpartitioned sources, which are routed first).
         self._last_sender = np.full(self.groups, -1, dtype=np.int64)
         self.moved_rows = 0
+        self.spilled_bytes = 0  # set by folded()
         for group, k in zip(self._source_group, keys, strict=True):
             targets = self._group_of_rows(k[lightcurves.OBJECT_ID].to_numpy())
             if group >= 0:
@@ -127,9 +128,8 @@ class Compaction:
         """Stash the rows bound for other groups; return the mask of the rows of ``group``."""
         targets = self._group_of_rows(table[lightcurves.OBJECT_ID].to_numpy())
         mine = targets == group
-        if not mine.all():
-            for target in np.unique(targets[~mine]):
-                stash.put(int(target), table.filter(pa.array(targets == target)))
+        others = np.flatnonzero(~mine)
+        stash.put_rows(table, others, targets[others])
         return mine
 
     def _fold_group(self, group: int, rows: pa.Table, keep: np.ndarray | None = None

@@ -82,15 +82,7 @@ class MarginCollector:
     def add(self, slot: int, rows: pa.Table) -> None:
         own = np.full(rows.num_rows, slot, dtype=np.int64)
         row, target = margin_targets(rows[SPATIAL_INDEX_COLUMN].to_numpy(), own, self.pixels, self.order)
-        if len(row) == 0:
-            return
-        order = np.lexsort((row, target))  # one take, then a zero-copy slice per target pixel
-        taken, target = rows.take(pa.array(row[order])), target[order]
-        row_bytes = taken.nbytes / taken.num_rows
-        bounds = np.flatnonzero(np.diff(target)) + 1
-        for start, stop in zip(np.r_[0, bounds], np.r_[bounds, len(target)], strict=True):
-            self.stash.put(int(target[start]), taken.slice(int(start), int(stop - start)),
-                           nbytes=int(row_bytes * (stop - start)))
+        self.stash.put_rows(rows, row, target)
 
     def write(self, margin_dir: Path, file_name: str, writer: catalog.BackgroundWriter | None = None
               ) -> dict[HealpixPixel, int]:

@@ -45,6 +45,18 @@ class Stash:
         if self._held_bytes > self.memory_limit:
             self._spill()
 
+    def put_rows(self, table: pa.Table, rows: np.ndarray, keys: np.ndarray) -> None:
+        """Put ``table``'s row ``rows[i]`` under ``keys[i]``, for all i: one take for all keys, then a zero-copy
+        slice per key (filtering the table once per key would scan it once per key)."""
+        if len(rows) == 0:
+            return
+        order = np.lexsort((rows, keys))
+        taken, keys = table.take(pa.array(rows[order])), keys[order]
+        row_bytes = taken.nbytes / taken.num_rows
+        bounds = np.flatnonzero(np.diff(keys)) + 1
+        for start, stop in zip(np.r_[0, bounds], np.r_[bounds, len(keys)], strict=True):
+            self.put(int(keys[start]), taken.slice(int(start), int(stop - start)), nbytes=int(row_bytes * (stop - start)))
+
     def take_masked(self, key: int) -> tuple[pa.Table, np.ndarray]:
         """All rows put under ``key`` as one table and the mask of those that count; removes them."""
         key = int(key)
