@@ -194,6 +194,10 @@ def _update_margin(margin: Path, summary: dict) -> None:
     )
 
 
+def _in_ledger(batch: Batch, version: Path) -> bool:
+    return {c.chunk_id for c in batch.chunks} <= {e.chunk_id for e in read_ledger(version)}
+
+
 def commit_batch(batch: Batch, build_dir: Path, settings: Settings) -> dict:
     """Publish a built batch as a new collection version (no-op if its chunks are already in the ledger)."""
     started = time.time()
@@ -202,7 +206,7 @@ def commit_batch(batch: Batch, build_dir: Path, settings: Settings) -> dict:
     base = published(settings)
     ledger = read_ledger(base)
     summary = json.loads((build_dir / "summary.json").read_text())
-    if {c.chunk_id for c in batch.chunks} <= {e.chunk_id for e in ledger}:
+    if _in_ledger(batch, base):
         log.info("batch %s is already committed in %s; nothing to do", batch.name, base.name)
         return summary
     if summary["base_version"] != base.name:
@@ -238,7 +242,7 @@ def ingest_batch(batch: Batch, staged: dict[str, Path], build_dir: Path, setting
     A batch whose chunks are already in the ledger is a no-op; ``build_dir`` is removed once committed.
     """
     base = published(settings)
-    if {c.chunk_id for c in batch.chunks} <= {e.chunk_id for e in read_ledger(base)}:
+    if _in_ledger(batch, base):
         log.info("batch %s is already committed in %s; nothing to do", batch.name, base.name)
         return {"batch": batch.name, "already_committed_in": base.name}
     build_batch(batch, staged, build_dir, settings)
