@@ -281,7 +281,7 @@ def main(argv: list[str] | None = None) -> int:
                  f", after {weekly_summary['pixels']}; rows before {weekly_summary['rows_in']}, after "
                  f"{weekly_summary['objects']}")
     full_summary = json.loads((full / "ingest" / "batches" / "bootstrap.json").read_text())
-    lines += ["", "inside the job (s; plan = keys + partitioning, fold = read/fold/write + margin/index rows, "
+    lines += ["", "inside the job (s; plan = keys + partitioning, fold = read/fold/write + margin rows, "
               "metadata = margin/index/properties):"]
     for name, summary in (("weekly", weekly_summary), ("full rebuild", full_summary)):
         parts = ", ".join(f"{k} {v:.1f}" for k, v in summary.get("step_seconds", {}).items())

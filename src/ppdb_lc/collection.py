@@ -3,8 +3,8 @@
 Layouts are hats-import's (the tests rebuild both with hats-import and compare): the margin cache is a HATS
 catalog of type ``margin`` with the main catalog's schema and pixels; the index is a parquet dataset
 ``dataset/index/*.parquet`` of ``_healpix_29, Norder, Npix, diaObjectId`` sorted by id. The rows come from the
-pipeline itself (compaction hands out each pixel's rows once, nightly builds add theirs), so no extra pass over
-the catalog and no Dask cluster is needed; metadata, properties and partition info are written by hats.
+pipeline itself (compaction's plan and the pixels it hands out once, nightly builds add theirs), so no extra pass
+over the catalog and no Dask cluster is needed; metadata, properties and partition info are written by hats.
 """
 
 from __future__ import annotations

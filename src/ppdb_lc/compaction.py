@@ -92,11 +92,12 @@ class Compaction:
         hp29 = all_keys[SPATIAL_INDEX_COLUMN].to_numpy()
         version = pc.fill_null(all_keys[lightcurves.VERSION_COLUMN], -np.inf).to_numpy()
         latest = lightcurves.latest_per_object(ids, version, hp29)
-        self.object_ids, latest_hp29 = ids[latest], hp29[latest]
+        # Each object's latest row (ids ascending) decides its pixel: the folded row is that same row.
+        self.object_ids, self.object_healpix29 = ids[latest], hp29[latest]
         self.objects = len(latest)
-        self.histogram = partitioning.histogram(latest_hp29, order)
-        self.pixels = partitioning.new_pixels(latest_hp29, [], order=order, threshold=threshold)
-        self._object_slot = partitioning.locate(latest_hp29, self.pixels)
+        self.histogram = partitioning.histogram(self.object_healpix29, order)
+        self.pixels = partitioning.new_pixels(self.object_healpix29, [], order=order, threshold=threshold)
+        self.object_slots = partitioning.locate(self.object_healpix29, self.pixels)
         # Groups of old (source) and new (destination) pixels; which groups every source sends rows to.
         source_pixels = partitioning.sorted_pixels({s.pixel for s in self.sources if s.pixel is not None})
         self._pixel_group, source_group = pixel_groups(self.pixels, source_pixels)
@@ -122,7 +123,7 @@ class Compaction:
                  len(self.sources), self.rows_in, self.objects, len(self.pixels), self.groups, self.moved_rows)
 
     def _group_of_rows(self, ids: np.ndarray) -> np.ndarray:
-        return self._pixel_group[self._object_slot[np.searchsorted(self.object_ids, ids)]]
+        return self._pixel_group[self.object_slots[np.searchsorted(self.object_ids, ids)]]
 
     def _split(self, table: pa.Table, group: int, stash: Stash) -> np.ndarray:
         """Stash the rows bound for other groups; return the mask of the rows of ``group``."""

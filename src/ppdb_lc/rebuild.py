@@ -11,12 +11,10 @@ from dataclasses import asdict, dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 
-import numpy as np
 import pyarrow as pa
 from hats.catalog import PartitionInfo, TableProperties
 from hats.io.parquet_metadata import write_parquet_metadata
 from hats.io.validation import is_valid_catalog
-from hats.pixel_math.spatial_index import SPATIAL_INDEX_COLUMN
 
 from ppdb_lc import apdb, catalog, collection, compaction, lightcurves, margins, stage
 from ppdb_lc.ledger import BOOTSTRAP, LEDGER_PATH, Batch, entries_for, write_ledger
@@ -54,14 +52,10 @@ def _build_collection(staging: Path, sources: list[compaction.Source], scratch: 
     cat = staging / names.catalog
     margin = margins.MarginCollector(plan.pixels, margins.margin_order(names.margin_arcsec, plan.pixels),
                                      Stash(scratch / "margin", schema))
-    index_ids, index_hp29, index_slots = [np.empty(0, np.int64)], [np.empty(0, np.int64)], [np.empty(0, np.int64)]
     with catalog.BackgroundWriter(threads) as writer:
         for done, (slot, rows) in enumerate(plan.folded(threads=2 * threads), start=1):
             writer.write(rows, catalog.pixel_file(cat, plan.pixels[slot], COMPACTED_FILE))
             margin.add(slot, rows)
-            index_ids.append(rows[lightcurves.OBJECT_ID].to_numpy())
-            index_hp29.append(rows[SPATIAL_INDEX_COLUMN].to_numpy())
-            index_slots.append(np.full(rows.num_rows, slot))
             if done % 25 == 0 or done == len(plan.pixels):
                 log.info("folded %d/%d pixels", done, len(plan.pixels))
         clock["fold"] = time.time()
@@ -69,8 +63,8 @@ def _build_collection(staging: Path, sources: list[compaction.Source], scratch: 
     compaction_total = finish_catalog(cat, plan, name=names.catalog, order=order, alt_orders=settings.skymap_alt_orders,
                                       threshold=settings.pixel_threshold)
     margin_total = collection.finish_margin(staging / names.margin, list(margin_counts), schema, names)
-    index = collection.index_rows(np.concatenate(index_ids), np.concatenate(index_hp29), np.concatenate(index_slots),
-                                  plan.pixels, collection.index_schema(names), names.index_column)
+    index = collection.index_rows(plan.object_ids, plan.object_healpix29, plan.object_slots, plan.pixels,
+                                  collection.index_schema(names), names.index_column)
     collection.write_index(staging / names.index, index, names, COMPACTED_FILE)
     collection.write_collection_properties(staging, names, settings.collection_dir.name)
     clock["metadata"] = time.time()
