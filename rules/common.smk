@@ -4,10 +4,12 @@ import os
 from snakemake.exceptions import WorkflowError
 from snakemake.utils import validate
 
+from ppdb_lc.apdb import DATASETS
 from ppdb_lc.planning import make_plan
 from ppdb_lc.settings import Settings
+from ppdb_lc.stage import UPDATES
 
-DATASETS = ["DiaObject", "DiaSource", "DiaForcedSource"]
+STAGED = [*DATASETS, UPDATES]  # staged per batch: the three tables and the update records
 
 
 if config.get("until") is not None and not isinstance(config["until"], str):
@@ -23,7 +25,7 @@ print(PLAN.describe())  # what this run would do, also shown by `snakemake -n`
 
 wildcard_constraints:
     batch=r"bootstrap|\d{4}-\d{2}-\d{2}(_\d+)?",
-    dataset="|".join(DATASETS),
+    dataset="|".join(STAGED),
 
 
 def work(*parts):
@@ -40,7 +42,7 @@ def manifests(wildcards):
 
 
 def staged(batch):
-    return {ds: work("batches", batch, "staged", ds) for ds in DATASETS}
+    return {ds: work("batches", batch, "staged", ds) for ds in STAGED}
 
 
 def committed(batch):

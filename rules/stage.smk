@@ -1,5 +1,6 @@
-# Stage 1 - import: read one dataset of a batch's chunks, check them against their manifests, keep the latest
-# object version per night, add AB magnitudes, downcast float64. The three datasets run as parallel jobs.
+# Stage 1 - import: read one dataset of a batch's chunks, verify them against their manifests (counts, sizes,
+# SHA-256), keep the earliest chunk's copy of re-emitted rows and the latest object version per night, add AB
+# magnitudes, downcast float64; or read, check and order the batch's update records. The four run as parallel jobs.
 
 
 rule stage_dataset:

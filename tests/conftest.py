@@ -107,14 +107,72 @@ def read_export(ppdb: Path, nights=None) -> dict[str, pd.DataFrame]:
     return {t: pd.concat(f, ignore_index=True) if f else pd.DataFrame() for t, f in frames.items()}
 
 
+def read_records(ppdb: Path, nights=None) -> list[dict]:
+    """Every update record of every complete chunk, payload fields and order columns, in PPDB order."""
+    records = []
+    for directory in chunk_dirs(ppdb):
+        if nights is not None and dayobs(int(directory.name)) not in nights:
+            continue
+        for name in ("updates.parquet", "update_records.parquet", "update_records.json"):
+            path = directory / name
+            if not path.exists():
+                continue
+            rows = json.loads(path.read_text()) if name.endswith(".json") else pq.read_table(path).to_pylist()
+            for row in rows:
+                payload = row["json_payload"]
+                payload = json.loads(payload) if isinstance(payload, str) else payload
+                records.append({**payload, "_chunk": row["apdb_replica_chunk"], "_time": row["update_time_ns"],
+                                "_order": row["update_order"]})
+    return sorted(records, key=lambda r: (r["_chunk"], r["_time"], r["_order"]))
+
+
 def expected_catalog(ppdb: Path, nights=None) -> dict:
-    """The independent expectation: latest object versions and each object's source/forced-source ids."""
+    """The independent expectation, as the PPDB computes it: every row of every chunk, re-emitted sources reduced
+    to the earliest chunk's copy, then every update record applied one by one in order (last write wins; a
+    DiaObject record changes the object's latest version as of the record's chunk); latest object versions and
+    each object's source/forced-source ids."""
     data = read_export(ppdb, nights)
-    objects = data["DiaObject"].sort_values("validityStartMjdTai").groupby("diaObjectId").tail(1)
-    sources = data["DiaSource"]
+    versions = data["DiaObject"].copy()
+    sources = data["DiaSource"].sort_values("apdb_replica_chunk", kind="stable").drop_duplicates("diaSourceId")
+    sources = sources.set_index("diaSourceId")
+    forced = data["DiaForcedSource"].sort_values("apdb_replica_chunk", kind="stable")
+    forced = forced.drop_duplicates(["diaObjectId", "visit", "detector"]).set_index(
+        ["diaObjectId", "visit", "detector"], drop=False)
+    applied = 0
+    for r in read_records(ppdb, nights):
+        kind = r["update_type"]
+        if kind.endswith("diasource_to_diaobject") or kind.endswith("to_ssobject") or kind == "withdraw_diasource":
+            if r["diaSourceId"] not in sources.index:
+                continue
+            if kind == "reassign_diasource_to_diaobject":
+                sources.loc[r["diaSourceId"], "diaObjectId"] = r["diaObjectId"]
+            elif kind == "reassign_diasource_to_ssobject":
+                sources.loc[r["diaSourceId"], ["ssObjectId", "ssObjectReassocTimeMjdTai"]] = [
+                    r["ssObjectId"], r["ssObjectReassocTimeMjdTai"]]
+                sources.loc[r["diaSourceId"], "diaObjectId"] = pd.NA
+            else:
+                sources.loc[r["diaSourceId"], "timeWithdrawnMjdTai"] = r["timeWithdrawnMjdTai"]
+        elif kind == "withdraw_diaforcedsource":
+            key = (r["diaObjectId"], r["visit"], r["detector"])
+            if key not in forced.index:
+                continue
+            forced.loc[key, "timeWithdrawnMjdTai"] = r["timeWithdrawnMjdTai"]
+        else:
+            mine = versions[(versions["diaObjectId"] == r["diaObjectId"])
+                            & (versions["apdb_replica_chunk"] <= r["_chunk"])]
+            if mine.empty:
+                continue
+            latest = mine["validityStartMjdTai"].idxmax()
+            if kind == "close_diaobject_validity":
+                versions.loc[latest, "validityEndMjdTai"] = r["validityEndMjdTai"]
+            if r.get("nDiaSources") is not None:
+                versions.loc[latest, "nDiaSources"] = r["nDiaSources"]
+        applied += 1
+    objects = versions.sort_values("validityStartMjdTai").groupby("diaObjectId").tail(1)
+    sources = sources.reset_index()
     solar = int(sources["diaObjectId"].isna().sum())
     sources = sources[sources["diaObjectId"].notna()]
-    forced = data["DiaForcedSource"]
+    forced = forced.reset_index(drop=True)
     ids = set(objects["diaObjectId"]) | set(sources["diaObjectId"].astype("int64")) | set(forced["diaObjectId"])
     return {
         "objects": objects.set_index("diaObjectId"),
@@ -122,6 +180,7 @@ def expected_catalog(ppdb: Path, nights=None) -> dict:
         "forced": forced,
         "ids": ids,
         "solar": solar,
+        "records_applied": applied,
     }
 
 

@@ -90,6 +90,9 @@ def check_against_expectation(ws: Workspace, catalog: pd.DataFrame, *, one_row_p
     np.testing.assert_array_equal(newest["validityStartMjdTai"].to_numpy(), objects["validityStartMjdTai"].to_numpy())
     np.testing.assert_array_equal(newest["ra"].to_numpy(), objects["ra"].to_numpy())
     np.testing.assert_array_equal(newest["nDiaSources"].to_numpy(), objects["nDiaSources"].to_numpy())
+    # retired duplicates carry validityEndMjdTai (and only they)
+    np.testing.assert_array_equal(newest["validityEndMjdTai"].to_numpy(dtype=float, na_value=np.nan),
+                                  objects["validityEndMjdTai"].to_numpy(dtype=float, na_value=np.nan))
     flux = objects["g_scienceFluxMean"].to_numpy(dtype=float)
     mag = np.where(flux > 0, (np.where(flux > 0, flux, 1.0) * u.nJy).to(u.ABmag).value, np.nan).astype(np.float32)
     np.testing.assert_allclose(newest["g_scienceMagMean"].to_numpy(dtype=float, na_value=np.nan), mag, rtol=1e-6)
@@ -102,6 +105,11 @@ def check_against_expectation(ws: Workspace, catalog: pd.DataFrame, *, one_row_p
         owner = points.set_index(id_col)["owner"]
         truth = rows.set_index(id_col)["diaObjectId"]
         assert (owner.loc[truth.index].to_numpy() == truth.to_numpy()).all()
+        # withdrawn points stay, flagged with the withdrawal time
+        withdrawn = points.set_index(id_col)["timeWithdrawnMjdTai"]
+        truth_withdrawn = rows.set_index(id_col)["timeWithdrawnMjdTai"].loc[withdrawn.index]
+        np.testing.assert_array_equal(withdrawn.to_numpy(dtype=float, na_value=np.nan),
+                                      truth_withdrawn.to_numpy(dtype=float, na_value=np.nan))
         times = points["midpointMjdTai"].to_numpy()
         same_row = points["row"].to_numpy()[1:] == points["row"].to_numpy()[:-1]
         assert (np.diff(times)[same_row] >= 0).all(), f"{column} light curves not sorted"
@@ -127,7 +135,7 @@ def test_bootstrap_dailies_weekly(workspace: Workspace, tmp_path_factory):
     write_chunk(ws.ppdb, LATE_CHUNK, late_tables(committed))
     write_chunk(ws.ppdb, NEW_SKY_CHUNK, new_sky_tables())
     pending_rows = {"DiaForcedSource": late_tables(committed)["DiaForcedSource"]
-                    .assign(diaForcedSourceId=lambda d: d.diaForcedSourceId + 100)}
+                    .assign(diaForcedSourceId=lambda d: d.diaForcedSourceId + 100, visit=78)}
     pending = write_chunk(ws.ppdb, PENDING_CHUNK, pending_rows, manifest=False)
     before = tree_digest(ws.collection), tree_digest(ws.work)
     dry = ws.snakemake("daily", "-n")

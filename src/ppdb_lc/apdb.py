@@ -27,11 +27,11 @@ REQUIRED_COLUMNS: Final[dict[str, tuple[str, ...]]] = {
     "DiaForcedSource": ("diaForcedSourceId", "diaObjectId", "midpointMjdTai", "ra", "dec"),
 }
 
-#: Primary id of each dataset's rows (DiaObject rows are versioned by validityStartMjdTai).
-ROW_ID: Final[dict[str, str]] = {
-    "DiaObject": "diaObjectId",
-    "DiaSource": "diaSourceId",
-    "DiaForcedSource": "diaForcedSourceId",
+#: Key of a measurement row: a re-emitted copy repeats it, update records name their target by it (apdb.yaml primary
+#: keys; DiaObject rows are versions, keyed by ``diaObjectId`` + ``validityStartMjdTai``).
+ROW_KEY: Final[dict[str, tuple[str, ...]]] = {
+    "DiaSource": ("diaSourceId",),
+    "DiaForcedSource": ("diaObjectId", "visit", "detector"),
 }
 
 _ARROW_TYPES: Final[dict[str, pa.DataType]] = {

@@ -32,9 +32,11 @@ WRITE_OPTIONS = {"compression": "zstd", "use_dictionary": False, "row_group_size
 
 
 def is_data_file(path: Path) -> bool:
-    """Files that are never rewritten (leaf parquet files and index parts): safe to share by hard link."""
+    """Files never modified in place (leaf parquet files, index parts, update logs): safe to share by hard link.
+
+    A version that changes one writes a new file in its place (see :mod:`ppdb_lc.revise`)."""
     parts = path.parts
-    return path.suffix == ".parquet" and any(p.startswith("Norder=") or p == "index" for p in parts)
+    return path.suffix == ".parquet" and any(p.startswith("Norder=") or p in ("index", "updates") for p in parts)
 
 
 def pixel_file(catalog_dir: Path, pixel: HealpixPixel, name: str) -> Path:

@@ -11,6 +11,7 @@ seconds): the UTC date of ``chunk_id - 12 h``. The ``YYYY/MM/DD`` folder is the 
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 from collections.abc import Iterable, Iterator
@@ -21,6 +22,7 @@ from pathlib import Path
 import pyarrow.parquet as pq
 
 from ppdb_lc import apdb
+from ppdb_lc.updates import UPDATE_FILES
 
 NEW_MANIFEST = "manifest.json"
 _DAYOBS_OFFSET = timedelta(hours=12)
@@ -32,19 +34,30 @@ class InvalidChunkError(ValueError):
 
 @dataclass(frozen=True)
 class Chunk:
-    """One complete replica chunk: its id, night and the parquet file of each dataset it has."""
+    """One complete replica chunk: its id, night, the parquet file of each dataset it has and its update records.
+
+    ``checksums`` maps file names to the SHA-256 the manifest gives (new-format manifests only); readers verify
+    each file against it while reading it (:func:`read_verified`).
+    """
 
     chunk_id: int
     night: str
     directory: Path
     manifest: Path
     unique_id: str
-    schema_version: str
     row_counts: dict[str, int]
     files: dict[str, Path] = field(default_factory=dict)
+    updates: Path | None = None
+    update_count: int | None = None  # from the manifest, when it says (None: count unknown, e.g. JSON)
+    checksums: dict[str, str] = field(default_factory=dict)
+    last_update_time: float | None = None  # Unix seconds (TAI) of the chunk's last store, from the manifest
 
     def rows(self, dataset: str) -> int:
         return self.row_counts.get(dataset, 0)
+
+    @property
+    def has_updates(self) -> bool:
+        return self.updates is not None
 
 
 @dataclass(frozen=True)
@@ -54,9 +67,6 @@ class Discovery:
     complete: list[Chunk]
     incomplete: list[tuple[Path, str]]
     invalid: list[tuple[Path, str]]
-
-    def nights(self) -> list[str]:
-        return sorted({chunk.night for chunk in self.complete})
 
 
 def dayobs(chunk_id: int) -> str:
@@ -80,7 +90,7 @@ def find_chunk_dirs(root: Path) -> Iterator[tuple[Path, Path | None]]:
         if not name.isdigit():
             continue
         manifests = sorted(f for f in filenames if _is_manifest(f))
-        has_table = any(f == f"{table}.parquet" for table in apdb.DATASETS for f in filenames)
+        has_table = any(f in UPDATE_FILES or f.removesuffix(".parquet") in apdb.DATASETS for f in filenames)
         if manifests:
             yield Path(dirpath), Path(dirpath) / manifests[0]
         elif has_table or len(name) >= 9:
@@ -92,43 +102,117 @@ def find_chunk_dirs(root: Path) -> Iterator[tuple[Path, Path | None]]:
 
 
 def read_manifest(path: Path) -> dict:
-    """Parse a manifest (old or new format) into ``chunk_id``, ``unique_id``, ``schema_version``, ``row_counts``."""
+    """Parse a manifest (old or new format).
+
+    Returns ``chunk_id``, ``unique_id``, ``row_counts`` (per dataset), ``files`` (new format: name -> row_count,
+    size_bytes, checksum of every file written, update records included) and ``update_count`` (old format's
+    ``update_count``, or the ``includes_update_records`` flag as 1/0; None when the manifest does not say).
+    """
     try:
         data = json.loads(path.read_text())
     except (OSError, json.JSONDecodeError) as err:
         raise InvalidChunkError(f"{path}: unreadable manifest ({err})") from err
+    if not isinstance(data, dict):
+        raise InvalidChunkError(f"{path}: manifest is not a JSON object")
     try:
         chunk_id = int(data["replica_chunk_id"])
-    except (KeyError, ValueError) as err:
+    except (KeyError, ValueError, TypeError) as err:
         raise InvalidChunkError(f"{path}: manifest has no integer replica_chunk_id") from err
-    if "files" in data:  # new format: only the files actually written
-        row_counts = {
-            name.removesuffix(".parquet"): int(info["row_count"]) for name, info in data["files"].items()
-        }
-        sizes = {name.removesuffix(".parquet"): info.get("size_bytes") for name, info in data["files"].items()}
-    else:
-        row_counts = {table: int(info["row_count"]) for table, info in data.get("table_data", {}).items()}
-        sizes = {}
+    files: dict[str, dict] = {}
+    update_count = None
+    try:
+        if "files" in data:  # new format: only the files actually written
+            files = {name: dict(info) for name, info in data["files"].items()}
+            row_counts = {name.removesuffix(".parquet"): int(info["row_count"]) for name, info in files.items()}
+            listed = [name for name in files if name in UPDATE_FILES]
+            update_count = int(files[listed[0]]["row_count"]) if listed else 0
+        else:
+            row_counts = {table: int(info["row_count"]) for table, info in data.get("table_data", {}).items()}
+            if data.get("update_count") is not None:
+                update_count = int(data["update_count"])
+            elif data.get("includes_update_records") is not None:
+                update_count = 1 if data["includes_update_records"] else 0
+    except (KeyError, ValueError, TypeError, AttributeError) as err:
+        raise InvalidChunkError(f"{path}: malformed manifest entry ({err!r})") from err
     return {
         "chunk_id": chunk_id,
         "unique_id": str(data.get("unique_id", "")),
-        "schema_version": str(data.get("schema_version", apdb.LATEST_SCHEMA_VERSION)),
         "row_counts": {table: count for table, count in row_counts.items() if table in apdb.DATASETS},
-        "sizes": sizes,
+        "files": files,
+        "update_count": update_count,
+        "last_update_time": _unix_seconds(data.get("last_update_time")),
     }
 
 
+def _unix_seconds(value: object) -> float | None:
+    """A manifest's ``last_update_time``: Unix seconds as a number or string, or an ISO date-time."""
+    if value is None:
+        return None
+    try:
+        return float(value)  # type: ignore[arg-type]
+    except (TypeError, ValueError):
+        pass
+    try:
+        moment = datetime.fromisoformat(str(value))
+    except ValueError:
+        return None
+    return (moment if moment.tzinfo else moment.replace(tzinfo=UTC)).timestamp()
+
+
+def _check_size(path: Path, listed: dict | None) -> None:
+    size = (listed or {}).get("size_bytes")
+    if size is not None and path.stat().st_size != int(size):
+        raise InvalidChunkError(f"{path}: {path.stat().st_size} bytes, manifest says {size}")
+
+
+def _update_file(directory: Path, info: dict) -> Path | None:
+    """The chunk's update-record file, checked against what the manifest says about it."""
+    present = [directory / name for name in UPDATE_FILES if (directory / name).exists()]
+    if len(present) > 1:
+        raise InvalidChunkError(f"{directory}: several update-record files ({', '.join(p.name for p in present)})")
+    listed = [name for name in info["files"] if name in UPDATE_FILES]
+    if listed and not present:
+        raise InvalidChunkError(f"{directory / listed[0]}: missing, manifest lists it")
+    if not present:
+        if info["update_count"]:
+            raise InvalidChunkError(f"{directory}: manifest announces {info['update_count']} update record(s) "
+                                    f"but none of {', '.join(UPDATE_FILES)} exists")
+        return None
+    path = present[0]
+    if listed and listed[0] != path.name:
+        raise InvalidChunkError(f"{path}: manifest lists {listed[0]} instead")
+    if info["files"] and not listed:
+        raise InvalidChunkError(f"{path}: not listed in the manifest")
+    _check_size(path, info["files"].get(path.name))
+    if path.suffix == ".parquet" and info["update_count"] is not None:
+        try:
+            rows = pq.read_metadata(path).num_rows
+        except Exception as err:  # pyarrow raises several types for corrupt files
+            raise InvalidChunkError(f"{path}: unreadable parquet ({err})") from err
+        if rows != info["update_count"]:
+            raise InvalidChunkError(f"{path}: {rows} update records, manifest says {info['update_count']}")
+    return path
+
+
 def check_chunk(directory: Path, manifest: Path) -> Chunk:
-    """Build a :class:`Chunk` after checking every file against the manifest; raise InvalidChunkError if not."""
+    """Build a :class:`Chunk` after checking every file against the manifest; raise InvalidChunkError if not.
+
+    Counts, sizes and columns are checked here from the files' metadata; checksums are verified by the jobs that
+    read the files (:func:`read_verified`), so that each file is read once.
+    """
     info = read_manifest(manifest)
     if str(info["chunk_id"]) != directory.name:
         raise InvalidChunkError(f"{manifest}: replica_chunk_id {info['chunk_id']} != directory {directory.name}")
+    unknown = [name for name in info["files"]
+               if name.removesuffix(".parquet") not in apdb.DATASETS and name not in UPDATE_FILES]
+    if unknown:
+        raise InvalidChunkError(f"{manifest}: lists unknown file(s) {', '.join(unknown)}")
     files: dict[str, Path] = {}
     for table in apdb.DATASETS:
         expected = info["row_counts"].get(table, 0)
         path = directory / f"{table}.parquet"
         if not path.exists():
-            if expected:
+            if expected or path.name in info["files"]:
                 raise InvalidChunkError(f"{path}: missing, manifest says {expected} rows")
             continue
         try:
@@ -138,24 +222,40 @@ def check_chunk(directory: Path, manifest: Path) -> Chunk:
             raise InvalidChunkError(f"{path}: unreadable parquet ({err})") from err
         if meta.num_rows != expected:
             raise InvalidChunkError(f"{path}: {meta.num_rows} rows, manifest says {expected}")
-        size = info["sizes"].get(table)
-        if size is not None and path.stat().st_size != int(size):
-            raise InvalidChunkError(f"{path}: {path.stat().st_size} bytes, manifest says {size}")
+        _check_size(path, info["files"].get(path.name))
         missing = [col for col in apdb.REQUIRED_COLUMNS[table] if col not in names]
         if missing:
             raise InvalidChunkError(f"{path}: missing required column(s) {', '.join(missing)}")
         if expected:
             files[table] = path
+    updates = _update_file(directory, info)
     return Chunk(
         chunk_id=info["chunk_id"],
         night=dayobs(info["chunk_id"]),
         directory=directory,
         manifest=manifest,
         unique_id=info["unique_id"],
-        schema_version=info["schema_version"],
         row_counts={table: info["row_counts"].get(table, 0) for table in apdb.DATASETS},
         files=files,
+        updates=updates,
+        update_count=info["update_count"] if updates is not None else 0,
+        checksums={name: str(entry["checksum"]) for name, entry in info["files"].items() if entry.get("checksum")},
+        last_update_time=info["last_update_time"],
     )
+
+
+def read_verified(chunk: Chunk, path: Path) -> bytes:
+    """The bytes of one file of ``chunk``, after checking them against the manifest's SHA-256 (if it has one)."""
+    try:
+        data = Path(path).read_bytes()
+    except OSError as err:
+        raise InvalidChunkError(f"{path}: unreadable ({err})") from err
+    expected = chunk.checksums.get(Path(path).name)
+    if expected is not None:
+        actual = hashlib.sha256(data).hexdigest()
+        if actual != expected.lower():
+            raise InvalidChunkError(f"{path}: SHA-256 {actual} does not match the manifest's checksum {expected}")
+    return data
 
 
 def discover(root: Path, *, until: str | None = None, skip_ids: Iterable[int] = ()) -> Discovery:

@@ -38,6 +38,20 @@ Model
   carrying a checksum and size and, as in dax_ppdb HEAD (whose ``Manifest`` forbids extra fields), no
   ``update_count``. Nights from ``schema_10_from`` on are written with APDB schema 10.0.0, the
   others with 9.1.1.
+
+Changes (``changes=True``), as the real export carries them since 2026-03 (``shared/docs/update_records.md``)
+----------------------------------------------------------------------------------------------------------
+* **Twins.** ``twin_fraction`` of the objects have a duplicate ~0.8 arcsec away (some straddle an order-6 pixel
+  boundary), detected as a separate DiaObject. A **dedup run** keeps the older object of each detected pair,
+  reassigns the other's DiaSources to it, sets its ``nDiaSources`` and closes the other's validity
+  (``reassign_diasource_to_diaobject`` + ``update_n_dia_sources`` + ``close_diaobject_validity``). The closed
+  object is never detected or measured again. One run sits in a daytime chunk holding only ``updates.parquet``
+  (before the second night), one inside the last data chunk of the third night.
+* **Other records**, in the second chunk of every night after the first: withdrawals of DiaSources from earlier
+  nights and from the same chunk, a forced-source withdrawal, a reassignment to an SSObject, a source reassigned
+  twice (the later record wins) and an ``nDiaSources`` pair whose older record comes last (it loses).
+* **Re-emitted rows** in the same chunk: copies (same id, coordinates moved by ~0.05 arcsec, one under another
+  diaObjectId) of DiaSources from the previous night and from the night's first chunk, and of a forced source.
 """
 
 from __future__ import annotations
@@ -49,7 +63,7 @@ import json
 import os
 import sys
 import uuid
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from itertools import groupby
 from pathlib import Path
 from typing import Final
@@ -68,6 +82,7 @@ _BAND_WEIGHTS: Final = np.array([0.08, 0.22, 0.22, 0.22, 0.13, 0.13])
 CHUNK_SECONDS: Final = 600
 MAX_CHUNKS_PER_NIGHT: Final = 74  # 600 s windows from 23:40 UTC to 12:00 UTC, where the next dayobs starts
 _NIGHT_START: Final = 23 * 3600 + 40 * 60  # first chunk of dayobs D starts at D 23:40 UTC
+_DAYTIME_UPDATES: Final = 16 * 3600  # the daytime dedup chunk of dayobs D starts at D 16:00 UTC
 _OBSERVING_WINDOWS: Final = 62  # 600 s windows from 23:40 UTC to 10:00 UTC, over which chunks are spread
 _LAST_STORE: Final = 590  # offset of a chunk's last store() from its start: its last_update_time
 _FIRST_STORE_MIN: Final = 10  # earliest offset of a store() in its chunk
@@ -100,6 +115,7 @@ _RELIABILITY_VERSION: Final = "v0.3.1"
 _SOURCE_ID_START: Final = 170_000_000_000_000_000
 _FORCED_ID_START: Final = 180_000_000_000_000_000
 _ARCSEC: Final = 1 / 3600
+_TWIN_SEPARATION: Final = 0.8  # arcsec
 
 #: Statistics each DiaObject flux kind exports, as ``<band>_<kind>Flux<stat>``.
 _OBJECT_FLUX_STATS: Final[dict[str, tuple[str, ...]]] = {
@@ -127,6 +143,8 @@ class DemoSpec:
     schema_10_from: int = 3  # nights with index >= this use APDB schema 10.0.0, earlier ones 9.1.1
     solar_system_fraction: float = 0.05  # of DiaSources: diaObjectId null, ssObjectId set
     drift_fraction: float = 0.02  # of objects: on an order-6 pixel boundary, noisy positions
+    twin_fraction: float = 0.02  # of objects: a duplicate DiaObject ~0.8 arcsec away, merged by a dedup run
+    changes: bool = True  # emit update records and re-emitted DiaSources (see "Changes" above)
 
     def __post_init__(self) -> None:
         dates = [dt.date.fromisoformat(night) for night in self.nights]
@@ -140,6 +158,8 @@ class DemoSpec:
             raise ValueError("need at least 2 chunks (one of them is left empty)")
         if not (0 <= self.solar_system_fraction < 1 and 0 <= self.drift_fraction <= 1):
             raise ValueError("solar_system_fraction must be in [0, 1) and drift_fraction in [0, 1]")
+        if not 0 <= self.twin_fraction <= 0.25:
+            raise ValueError("twin_fraction must be in [0, 0.25]")
         if self.field_radius <= 0:
             raise ValueError("field_radius must be positive")
 
@@ -162,6 +182,8 @@ class _ChunkPlan:
     index_in_night: int
     store_times: tuple[float, ...]  # Unix seconds of the visits' store() calls; empty for an empty chunk
     forced_photometry: bool
+    dedup: bool = False  # a dedup run's records go into this chunk
+    records: bool = False  # withdrawals, SSObject and LWW records, re-emitted rows go into this chunk
 
     @property
     def last_update_time(self) -> float:
@@ -192,6 +214,7 @@ class _Objects:
     p_detect: np.ndarray  # detection probability per visit in the footprint on an active night
     position_sigma: np.ndarray  # arcsec, per-coordinate noise of a source position
     active: np.ndarray  # (n, nights) bool: detectable that night (appeared and in an active phase)
+    twin_of: np.ndarray  # index of the object a twin duplicates, -1 for others
 
     def true_flux(self, idx: np.ndarray, band: int, mjd: float) -> np.ndarray:
         """Lightcurve value (nJy) of objects ``idx`` in ``band`` at ``mjd``."""
@@ -312,6 +335,9 @@ class _Survey:
     ss_object_ids: np.ndarray
     next_source_id: int = _SOURCE_ID_START
     next_forced_id: int = _FORCED_ID_START
+    retired: np.ndarray | None = None  # objects closed by a dedup run: never detected or measured again
+    #: every DiaSource / DiaForcedSource row written so far, by chunk (re-emission and record targets)
+    written: dict[str, list[pa.Table]] = field(default_factory=lambda: {"DiaSource": [], "DiaForcedSource": []})
 
     def new_source_ids(self, n: int) -> np.ndarray:
         ids = np.arange(self.next_source_id, self.next_source_id + n, dtype=np.int64)
@@ -399,6 +425,21 @@ def _make_objects(spec: DemoSpec, rng: np.random.Generator) -> _Objects:
     p_detect[drift] = _DRIFT_DETECT_PROBABILITY
     position_sigma[drift] = _DRIFT_POSITION_SIGMA
     active[drift] = True
+    twin_of = np.full(n, -1, np.int64)
+    n_twins = min(round(n * spec.twin_fraction), (n - len(drift)) // 2) if spec.changes else 0
+    if n_twins:
+        # half the pairs start from a drifting object (on a pixel boundary), so some twins sit across it
+        others = np.setdiff1d(np.arange(n), drift)
+        firsts = np.concatenate([drift[: n_twins // 2], rng.choice(others, n_twins - n_twins // 2, replace=False)])
+        seconds = rng.choice(np.setdiff1d(others, firsts), n_twins, replace=False)
+        angle = rng.uniform(0, 2 * np.pi, n_twins)
+        dec[seconds] = dec[firsts] + _TWIN_SEPARATION * np.sin(angle) * _ARCSEC
+        ra[seconds] = ra[firsts] + _TWIN_SEPARATION * np.cos(angle) * _ARCSEC / np.cos(np.radians(dec[firsts]))
+        twin_of[seconds] = firsts
+        for i in (firsts, seconds):
+            p_detect[i] = _DRIFT_DETECT_PROBABILITY
+            position_sigma[i] = _POSITION_SIGMA
+        active[seconds] = active[firsts] = True
     return _Objects(
         ra=ra,
         dec=dec,
@@ -409,6 +450,7 @@ def _make_objects(spec: DemoSpec, rng: np.random.Generator) -> _Objects:
         p_detect=p_detect,
         position_sigma=position_sigma,
         active=active,
+        twin_of=twin_of,
     )
 
 
@@ -430,7 +472,13 @@ def _chunk_plans(spec: DemoSpec) -> list[_ChunkPlan]:
             chunk_id = first + k * spacing
             empty = night_index == empty_night and k == spec.chunks_per_night - 1
             stores = () if empty else tuple(float(chunk_id + offset) for offset in store_offsets)
-            plans.append(_ChunkPlan(chunk_id, night_index, night, k, stores, forced_photometry=bool(plans)))
+            plans.append(_ChunkPlan(chunk_id, night_index, night, k, stores, forced_photometry=bool(plans),
+                                    dedup=spec.changes and night_index == 2 and k == spec.chunks_per_night - 1,
+                                    records=spec.changes and night_index >= 1 and k == min(1, spec.chunks_per_night - 1)
+                                    and not empty))
+        if spec.changes and night_index == 0 and len(spec.nights) > 1:  # daytime before the next night: updates only
+            daytime = _dayobs_midnight(spec.nights[1]) + _DAYTIME_UPDATES
+            plans.append(_ChunkPlan(daytime, 1, spec.nights[1], -1, (), forced_photometry=False, dedup=True))
     return plans
 
 
@@ -469,7 +517,7 @@ def _object_detections(survey: _Survey, visit: _Visit, night_index: int) -> tupl
     """Objects detected in a visit (indices) and their measurements."""
     objects, rng = survey.objects, survey.rng
     detector, _, _ = _focal_plane(objects.ra, objects.dec, visit)
-    candidate = (detector >= 0) & objects.active[:, night_index]
+    candidate = (detector >= 0) & objects.active[:, night_index] & ~survey.retired
     idx = np.flatnonzero(candidate & (rng.random(len(objects.ra)) < objects.p_detect))
     sigma = objects.position_sigma[idx]
     dec = objects.dec[idx] + rng.standard_normal(len(idx)) * sigma * _ARCSEC
@@ -643,7 +691,7 @@ def _dia_object_columns(idx: np.ndarray, history: _History, visit: _Visit) -> Co
 def _forced_photometry(survey: _Survey, visit: _Visit) -> Columns:
     """Forced measurements at the current mean position of every footprint object with enough detections."""
     history, rng = survey.history, survey.rng
-    eligible = np.flatnonzero(history.n_sources >= _HISTORY_THRESHOLD)
+    eligible = np.flatnonzero((history.n_sources >= _HISTORY_THRESHOLD) & ~survey.retired)
     ra, dec = history.mean_position(eligible)
     detector, _, _ = _focal_plane(ra, dec, visit)
     on_chip = detector >= 0
@@ -740,7 +788,8 @@ def _chunk_dir(root: Path, plan: _ChunkPlan, spec: DemoSpec) -> Path:
     return root / f"{date:%Y/%m/%d}" / str(plan.chunk_id)
 
 
-def _manifest(plan: _ChunkPlan, spec: DemoSpec, rows: dict[str, int], files: dict[str, dict]) -> tuple[str, dict]:
+def _manifest(plan: _ChunkPlan, spec: DemoSpec, rows: dict[str, int], files: dict[str, dict], n_updates: int = 0
+              ) -> tuple[str, dict]:
     """File name and content of a chunk manifest (field order as in dax_ppdb ``bigquery/manifest.py``)."""
     chunk_id = str(plan.chunk_id)
     unique_id = str(uuid.UUID(bytes=np.random.default_rng([spec.seed, plan.chunk_id]).bytes(16), version=4))
@@ -766,12 +815,18 @@ def _manifest(plan: _ChunkPlan, spec: DemoSpec, rows: dict[str, int], files: dic
         "table_data": {dataset: {"row_count": count} for dataset, count in rows.items()},
         "compression_format": "snappy",
     }
-    if plan.night_index == 0:
+    if plan.night_index == 0 and not n_updates:
         return f"chunk_{chunk_id}.manifest.json", manifest
-    return "manifest.json", {**manifest, "update_count": 0}
+    return "manifest.json", {**manifest, "update_count": n_updates}
 
 
-def _write_chunk(root: Path, plan: _ChunkPlan, spec: DemoSpec, tables: dict[str, pa.Table]) -> ChunkInfo:
+def _file_entry(path: Path, rows: int) -> dict:
+    return {"row_count": rows, "checksum": hashlib.sha256(path.read_bytes()).hexdigest(),
+            "size_bytes": path.stat().st_size}
+
+
+def _write_chunk(root: Path, plan: _ChunkPlan, spec: DemoSpec, tables: dict[str, pa.Table],
+                 records: pa.Table | None = None) -> ChunkInfo:
     """Write the parquet files (non-empty tables only), then the manifest via a temporary name."""
     chunk_dir = _chunk_dir(root, plan, spec)
     chunk_dir.mkdir(parents=True)
@@ -784,12 +839,12 @@ def _write_chunk(root: Path, plan: _ChunkPlan, spec: DemoSpec, tables: dict[str,
             continue
         path = chunk_dir / f"{dataset}.parquet"
         pq.write_table(table, path, compression="snappy", row_group_size=10_000)
-        files[path.name] = {
-            "row_count": rows[dataset],
-            "checksum": hashlib.sha256(path.read_bytes()).hexdigest(),
-            "size_bytes": path.stat().st_size,
-        }
-    name, manifest = _manifest(plan, spec, rows, files)
+        files[path.name] = _file_entry(path, rows[dataset])
+    if records is not None and records.num_rows:
+        path = chunk_dir / "updates.parquet"
+        pq.write_table(records, path)
+        files = {path.name: _file_entry(path, records.num_rows), **files}  # written first, as dax_ppdb does
+    name, manifest = _manifest(plan, spec, rows, files, 0 if records is None else records.num_rows)
     temporary = chunk_dir / f"{name}.tmp"
     temporary.write_text(json.dumps(manifest, indent=2) + "\n")
     os.replace(temporary, chunk_dir / name)
@@ -802,7 +857,7 @@ def generate_ppdb(root: Path, spec: DemoSpec = DemoSpec()) -> list[ChunkInfo]:
     rng = np.random.default_rng(spec.seed)
     objects = _make_objects(spec, rng)
     ss_object_ids = rng.integers(1, 2**62, max(1, spec.n_objects // 10), dtype=np.int64)
-    survey = _Survey(spec, rng, objects, _History(objects), ss_object_ids)
+    survey = _Survey(spec, rng, objects, _History(objects), ss_object_ids, retired=np.zeros(spec.n_objects, bool))
     written = []
     for plan in _chunk_plans(spec):
         parts: dict[str, list[Columns]] = {dataset: [] for dataset in apdb.DATASETS}
@@ -816,8 +871,142 @@ def generate_ppdb(root: Path, spec: DemoSpec = DemoSpec()) -> list[ChunkInfo]:
             for dataset, chunks in parts.items()
             if chunks
         }
-        written.append(_write_chunk(root, plan, spec, tables))
+        records: list[dict] = []
+        if plan.records:
+            records += _other_records(survey, plan, tables)
+            _re_emit(survey, plan, tables)
+        if plan.dedup:
+            records += _dedup_records(survey, plan, len(records))
+        for dataset in survey.written:
+            if dataset in tables:
+                survey.written[dataset].append(tables[dataset])
+        written.append(_write_chunk(root, plan, spec, tables, _records_table(records, plan) if records else None))
     return written
+
+
+# -- changes: update records and re-emitted rows ---------------------------------------------------------------
+def _update_time_ns(plan: _ChunkPlan) -> int:
+    """Records of a chunk are stored after its last visit (night chunks) or early in its window (daytime)."""
+    return (plan.chunk_id + (_LAST_STORE + 5 if plan.store_times else 100)) * 1_000_000_000
+
+
+def _records_table(records: list[dict], plan: _ChunkPlan) -> pa.Table:
+    return pa.table({
+        "apdb_replica_chunk": pa.array([plan.chunk_id] * len(records), pa.int64()),
+        "update_time_ns": pa.array([r.pop("_time") for r in records], pa.int64()),
+        "update_order": pa.array([r.pop("_order") for r in records], pa.int64()),
+        "json_payload": pa.array([json.dumps(r) for r in records], pa.string()),
+    })
+
+
+def _record(kind: str, time_ns: int, order: int, **fields: object) -> dict:
+    clean = {k: (v.item() if isinstance(v, np.generic) else v) for k, v in fields.items()}
+    return {"_time": time_ns, "_order": order, "update_type": kind, **clean}
+
+
+def _written(survey: _Survey, dataset: str) -> pa.Table | None:
+    parts = survey.written[dataset]
+    return pa.concat_tables(parts, promote_options="permissive") if parts else None
+
+
+def _source_payload(row: dict) -> dict:
+    return {"diaSourceId": row["diaSourceId"], "ra": row["ra"], "dec": row["dec"],
+            "midpointMjdTai": row["midpointMjdTai"]}
+
+
+def _other_records(survey: _Survey, plan: _ChunkPlan, tables: dict[str, pa.Table]) -> list[dict]:
+    """Withdrawals, an SSObject reassignment, a source reassigned twice, an nDiaSources pair (see module doc)."""
+    rng, time_ns = survey.rng, _update_time_ns(plan)
+    earlier = _written(survey, "DiaSource")
+    if earlier is None or "DiaSource" not in tables:
+        return []
+    earlier = earlier.filter(pa.compute.is_valid(earlier["diaObjectId"])).to_pylist()
+    here = tables["DiaSource"].filter(pa.compute.is_valid(tables["DiaSource"]["diaObjectId"])).to_pylist()
+    if len(earlier) < 4 or not here:
+        return []
+    picks = rng.choice(len(earlier), 4, replace=False)
+    withdraw_mjd = _mjd(time_ns / 1e9)
+    out = [
+        _record("withdraw_diasource", time_ns, 0, timeWithdrawnMjdTai=withdraw_mjd, **_source_payload(earlier[picks[0]])),
+        _record("withdraw_diasource", time_ns, 1, timeWithdrawnMjdTai=withdraw_mjd,
+                **_source_payload(here[int(rng.integers(len(here)))])),
+        _record("reassign_diasource_to_ssobject", time_ns, 2, ssObjectId=int(rng.choice(survey.ss_object_ids)),
+                ssObjectReassocTimeMjdTai=withdraw_mjd, **_source_payload(earlier[picks[1]])),
+    ]
+    # the same source reassigned twice: to another object, then 1 s later to a third one (the later record wins)
+    source, first, second = earlier[picks[2]], earlier[picks[3]], here[0]
+    out.append(_record("reassign_diasource_to_diaobject", time_ns, 3, diaObjectId=first["diaObjectId"],
+                       **_source_payload(source)))
+    out.append(_record("reassign_diasource_to_diaobject", time_ns + 1_000_000_000, 0,
+                       diaObjectId=second["diaObjectId"], **_source_payload(source)))
+    # an nDiaSources pair: the record stored last has the older time and loses
+    obj = tables["DiaObject"].slice(0, 1).to_pylist()[0]
+    for delta, count in ((0, obj["nDiaSources"] + 7), (-1_000_000_000, obj["nDiaSources"] + 5)):
+        out.append(_record("update_n_dia_sources", time_ns + delta, 4, diaObjectId=obj["diaObjectId"],
+                           nDiaSources=int(count), ra=obj["ra"], dec=obj["dec"]))
+    forced = _written(survey, "DiaForcedSource")
+    if forced is not None and forced.num_rows:
+        row = forced.slice(int(rng.integers(forced.num_rows)), 1).to_pylist()[0]
+        out.append(_record("withdraw_diaforcedsource", time_ns, 5, diaObjectId=row["diaObjectId"], visit=row["visit"],
+                           detector=row["detector"], timeWithdrawnMjdTai=withdraw_mjd, ra=row["ra"], dec=row["dec"],
+                           midpointMjdTai=row["midpointMjdTai"]))
+    return out
+
+
+def _re_emit(survey: _Survey, plan: _ChunkPlan, tables: dict[str, pa.Table]) -> None:
+    """Append re-emitted copies of earlier rows to this chunk's tables (same ids, this chunk's number)."""
+    rng = survey.rng
+    for dataset, count in (("DiaSource", 4), ("DiaForcedSource", 1)):
+        earlier = _written(survey, dataset)
+        if earlier is None or dataset not in tables or earlier.num_rows < count:
+            continue
+        earlier = earlier.filter(pa.compute.is_valid(earlier["diaObjectId"]))
+        copies = earlier.take(pa.array(np.sort(rng.choice(earlier.num_rows, count, replace=False))))
+        target = tables[dataset].schema  # the copy is written with this chunk's schema version
+        copies = pa.Table.from_arrays([copies[f.name].cast(f.type) if f.name in copies.column_names
+                                       else pa.nulls(copies.num_rows, f.type) for f in target], schema=target)
+        jitter = rng.normal(0, 0.05, copies.num_rows) * _ARCSEC
+        columns = {
+            "ra": pa.array(copies["ra"].to_numpy() + jitter, pa.float64()),
+            "dec": pa.array(copies["dec"].to_numpy() - jitter, pa.float64()),
+            apdb.REPLICA_CHUNK_COLUMN: pa.array([plan.chunk_id] * copies.num_rows, pa.int64()),
+        }
+        if dataset == "DiaSource":  # one copy comes under another object
+            ids = copies["diaObjectId"].to_numpy()
+            other = tables["DiaObject"]["diaObjectId"][0].as_py()
+            columns["diaObjectId"] = pa.array(np.r_[other, ids[1:]], pa.int64())
+        for name, values in columns.items():
+            copies = copies.set_column(copies.schema.get_field_index(name), name, values)
+        tables[dataset] = pa.concat_tables([tables[dataset], copies])
+
+
+def _dedup_records(survey: _Survey, plan: _ChunkPlan, first_order: int) -> list[dict]:
+    """A deduplication run over the twins detected so far (ap_association ``DeduplicateAllSkyDiaObjectsTask``)."""
+    history, objects = survey.history, survey.objects
+    sources = _written(survey, "DiaSource")
+    time_ns, order, out = _update_time_ns(plan), first_order, []
+    end_mjd = _mjd(time_ns / 1e9)
+    for twin in np.flatnonzero(objects.twin_of >= 0):
+        pair = np.array([objects.twin_of[twin], twin])
+        ids = history.dia_object_id[pair]
+        if (ids == 0).any() or survey.retired[pair].any() or sources is None:
+            continue
+        keep, drop = pair[np.argsort(ids)]  # the older object (smaller id) is kept
+        keep_id, drop_id = int(history.dia_object_id[keep]), int(history.dia_object_id[drop])
+        moved = sources.filter(pa.compute.equal(sources["diaObjectId"], drop_id)).to_pylist()
+        for row in moved:
+            out.append(_record("reassign_diasource_to_diaobject", time_ns, order, diaObjectId=keep_id,
+                               **_source_payload(row)))
+            order += 1
+        history.n_sources[keep] += len(moved)
+        ra, dec = history.mean_position(np.array([keep, drop]))
+        out.append(_record("update_n_dia_sources", time_ns, order, diaObjectId=keep_id,
+                           nDiaSources=int(history.n_sources[keep]), ra=ra[0], dec=dec[0]))
+        out.append(_record("close_diaobject_validity", time_ns, order + 1, diaObjectId=drop_id,
+                           validityEndMjdTai=end_mjd, nDiaSources=None, ra=ra[1], dec=dec[1]))
+        order += 2
+        survey.retired[drop] = True
+    return out
 
 
 def _night_summary(night: str, infos: list[ChunkInfo], spec: DemoSpec) -> str:

@@ -14,12 +14,20 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
-from ppdb_lc import apdb
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from ppdb_lc import apdb, updates
 from ppdb_lc.chunks import Chunk
 
 LEDGER_PATH = Path("ingest") / "ledger.csv"
+#: update records whose target row is not in the collection yet, applied when it arrives
+PENDING_PATH = Path("ingest") / "pending_updates.parquet"
+#: every update record ingested, one file per batch, with its status at ingestion
+UPDATE_LOG = Path("ingest") / "updates"
 BOOTSTRAP = "bootstrap"  #: batch and version label of a full build from chunks
-FIELDS = ["chunk_id", "unique_id", "night", "batch", *apdb.DATASETS]
+FIELDS = ["chunk_id", "unique_id", "night", "batch", *apdb.DATASETS, "updates", "last_update_time"]
 
 
 @dataclass(frozen=True)
@@ -29,6 +37,8 @@ class LedgerEntry:
     night: str
     batch: str
     rows: dict[str, int]
+    updates: int = 0
+    last_update_time: float | None = None  # Unix seconds of the chunk's last store (manifest)
 
 
 @dataclass(frozen=True)
@@ -55,6 +65,8 @@ def read_ledger(collection: Path | None) -> list[LedgerEntry]:
                 night=row["night"],
                 batch=row["batch"],
                 rows={table: int(row[table]) for table in apdb.DATASETS},
+                updates=int(row.get("updates") or 0),
+                last_update_time=float(row["last_update_time"]) if row.get("last_update_time") else None,
             )
             for row in csv.DictReader(handle)
         ]
@@ -76,6 +88,8 @@ def write_ledger(collection: Path, entries: list[LedgerEntry]) -> None:
                     "night": entry.night,
                     "batch": entry.batch,
                     **entry.rows,
+                    "updates": entry.updates,
+                    "last_update_time": "" if entry.last_update_time is None else repr(entry.last_update_time),
                 }
             )
     if path.exists():
@@ -91,9 +105,51 @@ def entries_for(batch: Batch) -> list[LedgerEntry]:
             night=chunk.night,
             batch=batch.name,
             rows={table: chunk.rows(table) for table in apdb.DATASETS},
+            updates=chunk.update_count or 0,
+            last_update_time=chunk.last_update_time,
         )
         for chunk in batch.chunks
     ]
+
+
+def last_store_time(ledger: list[LedgerEntry]) -> float | None:
+    """Unix time (TAI seconds) after which no ingested chunk stored anything: the latest ``last_update_time``
+    (a chunk without one counts as its id + one hour, longer than the 600 s replica window)."""
+    if not ledger:
+        return None
+    return max(e.last_update_time if e.last_update_time is not None else e.chunk_id + 3600.0 for e in ledger)
+
+
+def read_pending(collection: Path | None) -> pa.Table:
+    """Update records waiting for their target in ``collection`` (none when there is no file)."""
+    path = None if collection is None else Path(collection) / PENDING_PATH
+    if path is None or not path.exists():
+        return updates.empty_records()
+    return pq.read_table(path, schema=updates.RECORD_SCHEMA)
+
+
+def write_records(path: Path, records: pa.Table) -> None:
+    """Write a record table as a new file (never through a hard link shared with an older version)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp")
+    pq.write_table(records, tmp, compression="zstd")
+    path.unlink(missing_ok=True)
+    os.replace(tmp, path)
+
+
+def update_history(collection: Path, source_ids: set[int], forced_keys: set[tuple[int, int, int]]) -> pa.Table:
+    """Every logged record targeting these sources or forced sources (read only when a committed copy is
+    replaced by an earlier chunk's, which is rare: it reads the whole log)."""
+    parts = []
+    for path in sorted((Path(collection) / UPDATE_LOG).glob("*.parquet")):
+        table = pq.read_table(path, columns=updates.RECORD_SCHEMA.names).cast(updates.RECORD_SCHEMA)
+        targets = updates.record_targets(table)
+        is_source = (targets["table"] == "DiaSource").to_numpy() & targets["k0"].isin(source_ids).to_numpy()
+        keys = list(zip(targets["k0"], targets["k1"], targets["k2"], strict=True))
+        is_forced = (targets["table"] == "DiaForcedSource").to_numpy() & np.array(
+            [k in forced_keys for k in keys], dtype=bool)
+        parts.append(table.filter(pa.array(is_source | is_forced)))
+    return pa.concat_tables(parts) if parts else updates.empty_records()
 
 
 def plan_batches(new_chunks: list[Chunk], ledger: list[LedgerEntry]) -> list[Batch]:

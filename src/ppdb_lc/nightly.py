@@ -21,7 +21,9 @@ from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 from hats.catalog import PartitionInfo, TableProperties
 from hats.io import paths
@@ -29,12 +31,25 @@ from hats.io.validation import is_valid_catalog
 from hats.pixel_math import HealpixPixel
 from hats.pixel_math.spatial_index import SPATIAL_INDEX_COLUMN
 
-from ppdb_lc import apdb, catalog, collection, lightcurves, margins, partitioning, stage
-from ppdb_lc.ledger import Batch, entries_for, read_ledger, write_ledger
+from ppdb_lc import apdb, catalog, collection, lightcurves, margins, partitioning, revise, stage, updates
+from ppdb_lc.ledger import (
+    PENDING_PATH,
+    UPDATE_LOG,
+    Batch,
+    entries_for,
+    last_store_time,
+    read_ledger,
+    read_pending,
+    update_history,
+    write_ledger,
+    write_records,
+)
 from ppdb_lc.settings import Settings
 from ppdb_lc.versions import CollectionStateError, VersionedCollection
 
 log = logging.getLogger(__name__)
+CHUNK = apdb.REPLICA_CHUNK_COLUMN
+MJD_UNIX_EPOCH = 40587.0  # MJD of 1970-01-01 (TAI-based Unix seconds and MJD TAI share the scale)
 
 
 class StaleBuildError(RuntimeError):
@@ -63,22 +78,115 @@ def check_schema(catalog_dir: Path, schema: pa.Schema) -> None:
         )
 
 
-def _border_rows_from(base_catalog: Path, pixel: HealpixPixel, existing: Sequence[HealpixPixel], order: int,
-                      schema: pa.Schema) -> pa.Table:
-    """Rows of existing pixels that lie in the margin of a newly created ``pixel``."""
+def _border_rows_from(base_catalog: Path, rewritten_catalog: Path, pixel: HealpixPixel,
+                      existing: Sequence[HealpixPixel], order: int, schema: pa.Schema) -> dict[str, pa.Table]:
+    """Rows of existing pixels that lie in the margin of a newly created ``pixel``, per file name (a margin file
+    ``Q/<name>`` holds border rows of the catalog files ``P/<name>``); files rewritten tonight are read from
+    ``rewritten_catalog``."""
     cells = margins.border_cells(pixel, order)
     owners = partitioning.locate(cells << (2 * (29 - order)), existing)
-    parts = []
+    parts: dict[str, list[pa.Table]] = {}
     for slot in np.unique(owners[owners >= 0]):
-        table = catalog.read_pixel(base_catalog, existing[int(slot)], schema)
-        mask = margins.rows_in_border(table[SPATIAL_INDEX_COLUMN].to_numpy(), pixel, order)
-        if mask.any():
-            parts.append(table.filter(pa.array(mask)))
-    return pa.concat_tables(parts) if parts else schema.empty_table()
+        for _, path in catalog.pixel_files(base_catalog, [existing[int(slot)]]):
+            fresh = rewritten_catalog / path.relative_to(base_catalog)
+            table = pq.read_table(fresh if fresh.exists() else path, schema=schema)
+            mask = margins.rows_in_border(table[SPATIAL_INDEX_COLUMN].to_numpy(), pixel, order)
+            if mask.any():
+                parts.setdefault(path.name, []).append(table.filter(pa.array(mask)))
+    return {name: pa.concat_tables(tables) for name, tables in parts.items()}
+
+
+def _night_changes(batch: Batch, base: Path, tables: dict[str, pa.Table], records: pa.Table, out_dir: Path,
+                   settings: Settings, schema: pa.Schema, pixels: Sequence[HealpixPixel], morder: int
+                   ) -> tuple[dict[str, pa.Table], revise.Revision, pa.Table, dict]:
+    """Apply the night's and the pending update records, and resolve re-emitted rows against the collection.
+
+    Returns the night's flat tables to nest (moved points included), the revision of committed files, the
+    records still pending and the counts for the night summary.
+    """
+    names = settings.names
+    pending_before = read_pending(base)
+    all_records = pa.concat_tables([pending_before, records])  # pending first: status[len(pending):] is the night's
+    horizon = last_store_time(read_ledger(base))
+    lookups_sources, lookups_forced = pd.DataFrame(), pd.DataFrame()
+    if horizon is not None:  # rows observed before the last committed store may have a committed copy
+        limit = horizon / 86400.0 + MJD_UNIX_EPOCH
+        for dataset in ("DiaSource", "DiaForcedSource"):
+            t = tables[dataset]
+            old = t.filter(pc.less(t[lightcurves.TIME_COLUMN], limit)) if t.num_rows else t
+            frame = old.select([*apdb.ROW_KEY[dataset], CHUNK, "ra", "dec"]).to_pandas()
+            if dataset == "DiaSource":
+                lookups_sources = frame
+            else:
+                lookups_forced = frame
+    effects = updates.reduce(all_records)
+    lookups = revise.Lookups(effects, all_records["ra"].to_numpy(zero_copy_only=False),
+                             all_records["dec"].to_numpy(zero_copy_only=False), lookups_sources, lookups_forced)
+    revision = revise.Revision()
+    if not effects.empty or not lookups_sources.empty or not lookups_forced.empty:
+        revision = revise.revise(
+            base / names.catalog, pixels, lookups, margin_dir=base / names.margin, margin_order=morder,
+            out_catalog=out_dir / "rewrite" / "catalog", out_margin=out_dir / "rewrite" / "margin", schema=schema,
+            margin_schema=pq.read_schema(Path(paths.get_common_metadata_pointer(base / names.margin).path)),
+        )
+    # re-emitted rows: a committed copy from an earlier (or the same) chunk wins over the night's
+    sources, forced = tables["DiaSource"], tables["DiaForcedSource"]
+    if revision.kept_sources:
+        sources = sources.filter(pc.invert(pc.is_in(sources["diaSourceId"],
+                                                    pa.array(sorted(revision.kept_sources), pa.int64()))))
+    if revision.kept_forced:
+        keys = pd.DataFrame({k: forced[k].to_numpy() for k in apdb.ROW_KEY["DiaForcedSource"]})
+        gone = keys.merge(pd.DataFrame(sorted(revision.kept_forced), columns=keys.columns).assign(_x=1), how="left")
+        forced = forced.filter(pa.array(gone["_x"].isna().to_numpy()))
+    # records that changed a replaced committed copy apply again to the night's (earlier) copy
+    history = updates.empty_records()
+    if revision.replaced_sources or revision.replaced_forced:
+        history = update_history(base, revision.replaced_sources, revision.replaced_forced)
+    flat = updates.apply_to_flat(tables["DiaObject"], sources, forced,
+                                 updates.reduce(pa.concat_tables([all_records, history])) if history.num_rows
+                                 else effects)
+    moved = [m.select(flat.sources.schema.names).cast(flat.sources.schema) for m in revision.moved_sources]
+    status = updates.statuses(
+        all_records,
+        flat.found_sources | revision.found_sources,
+        flat.found_forced | revision.found_forced,
+        {k: min(v, revision.found_objects.get(k, v)) for k, v in flat.found_objects.items()}
+        | {k: v for k, v in revision.found_objects.items() if k not in flat.found_objects},
+    )
+    still_pending = updates.in_order(all_records.filter(pa.array(status == updates.PENDING)))
+    ss = int(pc.sum(pc.is_null(pa.concat_arrays([m["diaObjectId"].combine_chunks() for m in moved])))
+             .as_py() or 0) if moved else 0
+    counts = {
+        "records_received": updates.counts_by_type(records),
+        "records_pending_before": pending_before.num_rows,
+        "records_applied": updates.counts_by_type(all_records, status == updates.APPLIED),
+        "records_superseded": updates.counts_by_type(all_records, status == updates.SUPERSEDED),
+        "records_pending": updates.counts_by_type(all_records, status == updates.PENDING),
+        "sources_moved_from_committed_rows": sum(m.num_rows for m in moved) - ss,
+        "sources_reassigned_to_ssobjects_committed": ss,
+        "re_emitted_sources_already_committed": len(revision.kept_sources),
+        "re_emitted_forced_sources_already_committed": len(revision.kept_forced),
+        "committed_copies_replaced_by_earlier_chunks": len(revision.replaced_sources) + len(revision.replaced_forced),
+        "files_scanned_for_targets": revision.files_scanned,
+        "files_rewritten": len(revision.files_rewritten),
+        "margin_files_rewritten": len(revision.margin_files_rewritten),
+        "rows_dropped": revision.rows_dropped,
+    }
+    log_table = records.append_column("status", pa.array(status[pending_before.num_rows:].tolist(), pa.string()))
+    write_records(out_dir / "updates.parquet", log_table)
+    write_records(out_dir / "pending_updates.parquet", still_pending)
+    night = {"DiaObject": flat.objects, "DiaSource": pa.concat_tables([flat.sources, *moved]),
+             "DiaForcedSource": flat.forced}
+    return night, revision, still_pending, counts
 
 
 def build_batch(batch: Batch, staged: dict[str, Path], out_dir: Path, settings: Settings) -> dict:
-    """Build a batch's files against the published collection into ``out_dir``; return its summary."""
+    """Build a batch's files against the published collection into ``out_dir``; return its summary.
+
+    ``out_dir`` receives the night's dated files (``catalog``, ``margin``, ``index``), the revised copies of
+    committed files that hold targets of update records or re-emitted rows (``rewrite/``), the night's update log
+    and the records left pending, the skymap histogram change and ``summary.json``.
+    """
     started = time.time()
     names = settings.names
     base = published(settings)
@@ -87,43 +195,54 @@ def build_batch(batch: Batch, staged: dict[str, Path], out_dir: Path, settings: 
     check_schema(base_catalog, schema)
     props = TableProperties.read_from_dir(base_catalog)
     order = int(props.skymap_order)
-
-    tables = {ds: stage.read_staged(staged[ds], batch.night) for ds in apdb.DATASETS}
-    rows, stats = lightcurves.nest_batch(tables["DiaObject"], tables["DiaSource"], tables["DiaForcedSource"], schema)
-    hp29 = rows[SPATIAL_INDEX_COLUMN].to_numpy()
-    existing = PartitionInfo.read_from_dir(base_catalog).get_healpix_pixels()
-    pixels, slots, created = partitioning.partition(hp29, existing, order=order, threshold=settings.pixel_threshold)
-
+    existing = partitioning.sorted_pixels(PartitionInfo.read_from_dir(base_catalog).get_healpix_pixels())
+    margin_props = TableProperties.read_from_dir(base / names.margin)
+    morder = margins.margin_order(float(margin_props.margin_threshold), existing)
     if out_dir.exists():
         shutil.rmtree(out_dir)
     out_dir.mkdir(parents=True)
+
+    staged_tables = {ds: stage.read_staged(staged[ds], batch.night) for ds in apdb.DATASETS}
+    records = stage.read_staged(staged[stage.UPDATES], batch.night)
+    tables, revision, _, changes = _night_changes(batch, base, staged_tables, records, out_dir, settings, schema,
+                                                  existing, morder)
+    rows, stats = lightcurves.nest_batch(tables["DiaObject"], tables["DiaSource"], tables["DiaForcedSource"], schema)
+    hp29 = rows[SPATIAL_INDEX_COLUMN].to_numpy()
+    pixels, slots, created = partitioning.partition(hp29, existing, order=order, threshold=settings.pixel_threshold)
+    morder = margins.margin_order(float(margin_props.margin_threshold), pixels)
+
     file_name = f"{batch.name}.parquet"
     counts = catalog.write_pixel_slices(rows, slots, pixels, out_dir / "catalog", file_name)
 
-    # Margin rows: the batch's rows near other pixels, plus, for new pixels, existing rows near them.
-    margin_props = TableProperties.read_from_dir(base / names.margin)
-    morder = margins.margin_order(float(margin_props.margin_threshold), pixels)
-    m_rows, m_slots = margins.margin_targets(hp29, slots, pixels, morder)
-    margin_tables = [rows.take(m_rows)]
-    margin_slots = [m_slots]
-    sorted_existing = partitioning.sorted_pixels(existing)
-    for pixel in created:
-        backfill = _border_rows_from(base_catalog, pixel, sorted_existing, morder, schema)
-        margin_tables.append(backfill)
-        margin_slots.append(np.full(backfill.num_rows, pixels.index(pixel)))
+    # Margin rows: the batch's rows near other pixels (file <batch>), plus, for new pixels, existing rows near them
+    # (in files named like the catalog files they come from).
     margin_schema = pq.read_schema(Path(paths.get_common_metadata_pointer(base / names.margin).path))
-    margin_rows = pa.concat_tables([t.cast(schema) for t in margin_tables]).select(margin_schema.names)
-    margin_counts = catalog.write_pixel_slices(
-        margin_rows.cast(margin_schema.remove_metadata()), np.concatenate(margin_slots), pixels,
-        out_dir / "margin", file_name,
-    )
+    m_rows, m_slots = margins.margin_targets(hp29, slots, pixels, morder)
+    margin_rows = rows.take(m_rows).select(margin_schema.names).cast(margin_schema.remove_metadata())
+    margin_counts = catalog.write_pixel_slices(margin_rows, m_slots, pixels, out_dir / "margin", file_name)
+    backfill: dict[str, list[tuple[pa.Table, np.ndarray]]] = {}
+    for pixel in created:
+        for name, table in _border_rows_from(base_catalog, out_dir / "rewrite" / "catalog", pixel, existing,
+                                             morder, schema).items():
+            backfill.setdefault(name, []).append((table, np.full(table.num_rows, pixels.index(pixel))))
+    backfill_rows = 0
+    for name, parts in backfill.items():
+        table = pa.concat_tables([t for t, _ in parts]).select(margin_schema.names).cast(margin_schema.remove_metadata())
+        written = catalog.write_pixel_slices(table, np.concatenate([s for _, s in parts]), pixels,
+                                             out_dir / "margin", name)
+        for pixel, n in written.items():
+            margin_counts[pixel] = margin_counts.get(pixel, 0) + n
+        backfill_rows += table.num_rows
 
     index_schema = pq.read_schema(Path(paths.get_common_metadata_pointer(base / names.index).path))
     (out_dir / "index").mkdir()
     index_rows = collection.index_rows(rows[lightcurves.OBJECT_ID].to_numpy(), hp29, slots, pixels, index_schema,
                                        names.index_column)
     pq.write_table(index_rows, out_dir / "index" / file_name)
-    np.save(out_dir / "histogram.npy", partitioning.histogram(hp29, order))
+    histogram = partitioning.histogram(hp29, order)
+    for dropped in revision.dropped_healpix29:
+        histogram -= partitioning.histogram(dropped, order)
+    np.save(out_dir / "histogram.npy", histogram)
 
     summary = {
         "batch": batch.name,
@@ -131,30 +250,41 @@ def build_batch(batch: Batch, staged: dict[str, Path], out_dir: Path, settings: 
         "base_version": base.name,
         "chunks": [c.chunk_id for c in batch.chunks],
         "rows_in": {ds: batch.rows(ds) for ds in apdb.DATASETS},
+        "re_emitted_copies_in_night": {ds: int((staged_tables[ds].schema.metadata or {}).get(
+            stage.RE_EMITTED_KEY, b"0")) for ds in ("DiaSource", "DiaForcedSource")},
         "objects_latest_versions": stats.objects,
         "orphan_rows": stats.orphan_rows,
         "sources_nested": stats.sources,
         "forced_sources_nested": stats.forced_sources,
         "solar_system_sources_skipped": stats.solar_system_sources,
+        "updates": changes,
         "catalog_rows_added": rows.num_rows,
-        "margin_rows_added": margin_rows.num_rows,
+        "catalog_rows_dropped": revision.rows_dropped,
+        "margin_rows_added": margin_rows.num_rows + backfill_rows,
+        "margin_rows_changed": revision.margin_rows_delta,
         "pixels": [_pixel_key(p) for p in pixels],
         "pixels_touched": {f"{p.order}/{p.pixel}": n for p, n in counts.items()},
         "pixels_created": [_pixel_key(p) for p in created],
         "margin_pixels": {f"{p.order}/{p.pixel}": n for p, n in margin_counts.items()},
+        "files_rewritten": revision.files_rewritten,
+        "margin_files_rewritten": revision.margin_files_rewritten,
         "build_seconds": round(time.time() - started, 3),
     }
     (out_dir / "summary.json").write_text(json.dumps(summary, indent=1))
-    log.info("built %s: %d rows (%d orphan rows) into %d pixels (%d new), %d margin rows", batch.name, rows.num_rows,
-             stats.orphan_rows, len(counts), len(created), margin_rows.num_rows)
+    log.info("built %s: %d rows (%d orphan rows) into %d pixels (%d new), %d margin rows; updates %s", batch.name,
+             rows.num_rows, stats.orphan_rows, len(counts), len(created), margin_rows.num_rows, changes)
     return summary
 
 
-def _link_tree(src: Path, dst: Path) -> None:
-    """Hard-link every file below ``src`` to the same place below ``dst``."""
+def _link_tree(src: Path, dst: Path, *, replace: bool = False) -> None:
+    """Hard-link every file below ``src`` to the same place below ``dst`` (``replace``: over existing links)."""
+    if not src.exists():
+        return
     for path in sorted(src.rglob("*.parquet")):
         target = dst / path.relative_to(src)
         target.parent.mkdir(parents=True, exist_ok=True)
+        if replace:
+            target.unlink(missing_ok=True)  # a link shared with older versions: never written through
         os.link(path, target)
 
 
@@ -174,7 +304,7 @@ def _update_main_catalog(cat: Path, summary: dict, build_dir: Path, settings: Se
     catalog.write_properties(
         cat,
         props.copy_and_update(
-            total_rows=int(props.total_rows) + int(summary["catalog_rows_added"]),
+            total_rows=int(props.total_rows) + int(summary["catalog_rows_added"]) - int(summary["catalog_rows_dropped"]),
             moc_sky_fraction=float(info.calculate_fractional_coverage()),
             hats_order=info.get_highest_order(),
             hats_estsize=int(props.hats_estsize or 0) + added_kib,
@@ -190,7 +320,8 @@ def _update_margin(margin: Path, summary: dict) -> None:
     catalog.write_partition_info(margin, pixels)
     (Path(paths.get_parquet_metadata_pointer(margin).path)).unlink(missing_ok=True)
     catalog.write_properties(
-        margin, props.copy_and_update(total_rows=int(props.total_rows) + int(summary["margin_rows_added"]))
+        margin, props.copy_and_update(total_rows=int(props.total_rows) + int(summary["margin_rows_added"])
+                                      + int(summary["margin_rows_changed"]))
     )
 
 
@@ -220,6 +351,10 @@ def commit_batch(batch: Batch, build_dir: Path, settings: Settings) -> dict:
     _link_tree(build_dir / "catalog", staged / names.catalog)
     _link_tree(build_dir / "margin", staged / names.margin)
     _link_tree(build_dir / "index", staged / names.index / "dataset" / "index")
+    _link_tree(build_dir / "rewrite" / "catalog", staged / names.catalog, replace=True)
+    _link_tree(build_dir / "rewrite" / "margin", staged / names.margin, replace=True)
+    write_records(staged / UPDATE_LOG / f"{batch.name}.parquet", pq.read_table(build_dir / "updates.parquet"))
+    write_records(staged / PENDING_PATH, pq.read_table(build_dir / "pending_updates.parquet"))
     _update_main_catalog(staged / names.catalog, summary, build_dir, settings, schema)
     _update_margin(staged / names.margin, summary)
     collection.update_index_metadata(staged / names.index, names)

@@ -57,6 +57,28 @@ def latest_versions(objects: pa.Table) -> pa.Table:
     return objects.take(order.to_numpy()[last])
 
 
+def first_copies(table: pa.Table, dataset: str) -> pa.Table:
+    """One row per measurement key (:data:`apdb.ROW_KEY`): the copy from the earliest chunk.
+
+    Reprocessing re-emits DiaSources (and forced sources) under the same key in later chunks; the PPDB keeps the
+    earliest chunk's copy. Rows keep their order; ``DiaObject`` tables (versions) are returned unchanged.
+    """
+    key = apdb.ROW_KEY.get(dataset)
+    if key is None or table.num_rows == 0:
+        return table
+    chunk = pc.fill_null(table[apdb.REPLICA_CHUNK_COLUMN], np.iinfo(np.int64).max).to_numpy()
+    keys = [table[k].to_numpy(zero_copy_only=False) for k in key]
+    order = np.lexsort((np.arange(table.num_rows), chunk, *reversed(keys)))
+    first = np.ones(len(order), dtype=bool)
+    same = np.ones(len(order) - 1, dtype=bool)
+    for k in keys:
+        same &= k[order][1:] == k[order][:-1]
+    first[1:] = ~same
+    if first.all():
+        return table
+    return table.take(pa.array(np.sort(order[first])))
+
+
 def _ab_mag(flux: np.ndarray) -> np.ndarray:
     import astropy.units as u  # imported here: the workflow parses this package at every start
 

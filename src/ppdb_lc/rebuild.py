@@ -11,13 +11,15 @@ from dataclasses import asdict, dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 
+import numpy as np
 import pyarrow as pa
+import pyarrow.parquet as pq
 from hats.catalog import PartitionInfo, TableProperties
 from hats.io.parquet_metadata import write_parquet_metadata
 from hats.io.validation import is_valid_catalog
 
-from ppdb_lc import apdb, catalog, collection, compaction, lightcurves, margins, stage
-from ppdb_lc.ledger import BOOTSTRAP, LEDGER_PATH, Batch, entries_for, write_ledger
+from ppdb_lc import apdb, catalog, collection, compaction, lightcurves, margins, postprocess, stage, updates
+from ppdb_lc.ledger import BOOTSTRAP, LEDGER_PATH, PENDING_PATH, UPDATE_LOG, Batch, entries_for, write_ledger, write_records
 from ppdb_lc.settings import Settings
 from ppdb_lc.stash import Stash
 from ppdb_lc.versions import CollectionStateError, VersionedCollection
@@ -126,11 +128,24 @@ def bootstrap(batch: Batch, staged: dict[str, Path], scratch: Path, settings: Se
     schema = lightcurves.catalog_schema(settings.keep_float64)
     rows_dir = scratch / "rows"
     rows_dir.mkdir(parents=True, exist_ok=True)
+    nights = sorted({c.night for c in batch.chunks})
+    records = pa.concat_tables([stage.read_staged(staged[stage.UPDATES], night) for night in nights])
+    effects = updates.reduce(records)
+    first = {ds: _first_copies_across_nights(staged[ds], nights, ds) for ds in ("DiaSource", "DiaForcedSource")}
+    found_sources: set[int] = set()
+    found_forced: set[tuple[int, int, int]] = set()
+    found_objects: dict[int, int] = {}
     sources, totals = [], {"orphan_rows": 0, "solar_system_sources_skipped": 0}
-    for night in sorted({c.night for c in batch.chunks}):
+    for night in nights:
         tables = {ds: stage.read_staged(staged[ds], night) for ds in apdb.DATASETS}
-        rows, stats = lightcurves.nest_batch(tables["DiaObject"], tables["DiaSource"], tables["DiaForcedSource"],
-                                             schema)
+        for ds, keep in first.items():
+            tables[ds] = tables[ds].filter(pa.array(keep[night]))
+        flat = updates.apply_to_flat(tables["DiaObject"], tables["DiaSource"], tables["DiaForcedSource"], effects)
+        found_sources |= flat.found_sources
+        found_forced |= flat.found_forced
+        for oid, chunk in flat.found_objects.items():
+            found_objects[oid] = min(chunk, found_objects.get(oid, chunk))
+        rows, stats = lightcurves.nest_batch(flat.objects, flat.sources, flat.forced, schema)
         path = rows_dir / f"{night}.arrow"
         with pa.OSFile(str(path), "wb") as sink, pa.ipc.new_file(sink, schema) as writer:
             writer.write_table(rows)
@@ -142,6 +157,16 @@ def bootstrap(batch: Batch, staged: dict[str, Path], scratch: Path, settings: Se
     result = _build_collection(staging, sources, scratch, settings, order=settings.highest_healpix_order,
                                threads=threads)
     write_ledger(staging, entries_for(batch))
+    status = updates.statuses(records, found_sources, found_forced, found_objects)
+    write_records(staging / UPDATE_LOG / f"{BOOTSTRAP}.parquet",
+                  records.append_column("status", pa.array(status.tolist(), pa.string())))
+    write_records(staging / PENDING_PATH, updates.in_order(records.filter(pa.array(status == updates.PENDING))))
+    totals["updates"] = {
+        "records_received": updates.counts_by_type(records),
+        "records_applied": updates.counts_by_type(records, status == updates.APPLIED),
+        "records_superseded": updates.counts_by_type(records, status == updates.SUPERSEDED),
+        "records_pending": updates.counts_by_type(records, status == updates.PENDING),
+    }
     shutil.rmtree(rows_dir, ignore_errors=True)
     summary = {
         "batch": BOOTSTRAP,
@@ -153,6 +178,21 @@ def bootstrap(batch: Batch, staged: dict[str, Path], scratch: Path, settings: Se
         "seconds": round(time.time() - started, 3),
     }
     return _publish(target, staging, BOOTSTRAP, summary, settings)
+
+
+def _first_copies_across_nights(directory: Path, nights: Sequence[str], dataset: str) -> dict[str, np.ndarray]:
+    """Per night, which staged rows are the earliest chunk's copy of their key over all ``nights`` (each night's
+    file is already de-duplicated within the night)."""
+    key = [*apdb.ROW_KEY[dataset], apdb.REPLICA_CHUNK_COLUMN]
+    parts = [pq.read_table(stage.staged_file(directory, night), columns=key) for night in nights]
+    sizes = [p.num_rows for p in parts]
+    table = pa.concat_tables(parts) if parts else pa.table({})
+    keep = np.zeros(table.num_rows, dtype=bool)
+    if table.num_rows:
+        table = table.append_column("_row", pa.array(np.arange(table.num_rows)))
+        keep[postprocess.first_copies(table, dataset)["_row"].to_numpy()] = True
+    bounds = np.cumsum([0, *sizes])
+    return {night: keep[bounds[i]:bounds[i + 1]] for i, night in enumerate(nights)}
 
 
 def weekly(scratch: Path, settings: Settings, *, threads: int = 2) -> dict:
