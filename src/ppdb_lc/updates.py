@@ -400,15 +400,18 @@ def apply_to_flat(objects: pa.Table, sources: pa.Table, forced: pa.Table, effect
 
 # -- bookkeeping -----------------------------------------------------------------------------------------------
 def record_targets(records: pa.Table) -> pd.DataFrame:
-    """Per record: its table and key values (``k0..k2``), for matching against the targets found."""
-    frame = records.select(["update_type", "diaSourceId", "diaObjectId", "visit", "detector"]).to_pandas()
-    table = frame["update_type"].map({name: spec.table for name, spec in RECORD_TYPES.items()})
-    is_source = table == "DiaSource"
+    """Per record: its table and key values (``k0..k2``, -1 where a key has fewer parts), exact int64."""
+    def ints(name: str) -> np.ndarray:
+        return pc.fill_null(records[name], -1).to_numpy().astype(np.int64)
+
+    table = pd.Series(records["update_type"].to_numpy(zero_copy_only=False)).map(
+        {name: spec.table for name, spec in RECORD_TYPES.items()})
+    is_source = (table == "DiaSource").to_numpy()
     return pd.DataFrame({
         "table": table,
-        "k0": np.where(is_source, frame["diaSourceId"].fillna(-1), frame["diaObjectId"].fillna(-1)).astype(np.int64),
-        "k1": frame["visit"].fillna(-1).astype(np.int64).to_numpy(),
-        "k2": frame["detector"].fillna(-1).astype(np.int64).to_numpy(),
+        "k0": np.where(is_source, ints("diaSourceId"), ints("diaObjectId")),
+        "k1": ints("visit"),
+        "k2": ints("detector"),
     })
 
 
