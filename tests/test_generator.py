@@ -22,7 +22,10 @@ SPEC = DemoSpec(
     nights=("2026-11-20", "2026-11-21", "2026-11-22"),
     flat_layout_from=2,
     schema_10_from=2,
+    changes=False,  # the plain simulation; the change log is tested on CHANGES below
 )
+CHANGES = DemoSpec(n_objects=400, nights=("2026-11-20", "2026-11-21", "2026-11-22", "2026-11-23"),
+                   chunks_per_night=3, seed=11)
 STORE_DELAY_DAYS = 60 / 86400
 
 
@@ -342,7 +345,7 @@ def test_cli_writes_and_summarises(tmp_path: Path, capsys: pytest.CaptureFixture
     assert main(argv) == 0
     lines = capsys.readouterr().out.strip().splitlines()
     assert [line.split(":")[0] for line in lines] == ["2026-12-01", "2026-12-02"]
-    assert len(list(out.rglob("*manifest.json"))) == 6
+    assert len(list(out.rglob("*manifest.json"))) == 7  # 3 a night and the daytime chunk of update records
 
 
 def test_cli_refuses_non_empty_dir(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
@@ -350,3 +353,91 @@ def test_cli_refuses_non_empty_dir(tmp_path: Path, capsys: pytest.CaptureFixture
     assert main(["--out", str(tmp_path), "--objects", "10"]) == 2
     assert "not an empty directory" in capsys.readouterr().err
     assert [p.name for p in tmp_path.iterdir()] == ["existing.txt"]
+
+
+@pytest.fixture(scope="module")
+def changes(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, list[ChunkInfo]]:
+    root = tmp_path_factory.mktemp("changes")
+    return root, generate_ppdb(root, CHANGES)
+
+
+def _records(infos: list[ChunkInfo]) -> pd.DataFrame:
+    rows = []
+    for info in infos:
+        path = info.path / "updates.parquet"
+        if path.exists():
+            for row in pq.read_table(path).to_pylist():
+                rows.append({**json.loads(row.pop("json_payload")), **row, "dir": info.path})
+    return pd.DataFrame(rows, dtype=object)  # ids stay exact Python ints (float64 cannot hold them)
+
+
+def test_change_log_has_every_record_type_and_a_daytime_update_chunk(changes):
+    root, infos = changes
+    records = _records(infos)
+    assert set(records["update_type"]) == {
+        "reassign_diasource_to_diaobject", "reassign_diasource_to_ssobject", "withdraw_diasource",
+        "withdraw_diaforcedsource", "close_diaobject_validity", "update_n_dia_sources"}
+    only_updates = [i for i in infos if sorted(p.name for p in i.path.iterdir())[-1] == "updates.parquet"
+                    and not any((i.path / f"{d}.parquet").exists() for d in apdb.DATASETS)]
+    assert len(only_updates) == 1 and only_updates[0].night == CHANGES.nights[1]
+    # a dedup run inside a night chunk too: closes in two chunks
+    closes = records[records["update_type"] == "close_diaobject_validity"]
+    assert closes["dir"].nunique() == 2 and closes["nDiaSources"].isna().all()
+    for info in infos:  # the manifest announces the records (old format: update_count; new: a checksummed entry)
+        manifest = _manifest(info)
+        path = info.path / "updates.parquet"
+        if "files" in manifest and path.exists():
+            entry = manifest["files"]["updates.parquet"]
+            assert entry["checksum"] == hashlib.sha256(path.read_bytes()).hexdigest()
+            assert entry["row_count"] == pq.read_metadata(path).num_rows
+        elif "files" not in manifest:
+            assert manifest.get("update_count", 0) == (pq.read_metadata(path).num_rows if path.exists() else 0)
+
+
+def test_dedup_twins_are_close_and_reassigned_to_the_older_object(changes):
+    _, infos = changes
+    records = _records(infos)
+    objects = _load(infos, "DiaObject")
+    reassign = records[records["update_type"] == "reassign_diasource_to_diaobject"]
+    closes = records[records["update_type"] == "close_diaobject_validity"]
+    sources = _load(infos, "DiaSource").drop_duplicates("diaSourceId").set_index("diaSourceId")
+    for row in reassign[reassign["dir"].isin(set(closes["dir"]))].itertuples():
+        old = int(sources.loc[row.diaSourceId, "diaObjectId"])
+        if old in set(closes["diaObjectId"]):
+            assert row.diaObjectId < old  # the older object (smaller id) is kept
+    latest = objects.sort_values("validityStartMjdTai").groupby("diaObjectId").tail(1).set_index("diaObjectId")
+    pairs = reassign.merge(sources[["diaObjectId"]].rename(columns={"diaObjectId": "old"}), left_on="diaSourceId",
+                           right_index=True)
+    pairs = pairs[pairs["old"].isin(closes["diaObjectId"]) & pairs["dir"].isin(set(closes["dir"]))]
+    sep = np.hypot((latest.loc[pairs["old"], "ra"].to_numpy() - latest.loc[pairs["diaObjectId"], "ra"].to_numpy())
+                   * np.cos(np.radians(2.0)), latest.loc[pairs["old"], "dec"].to_numpy()
+                   - latest.loc[pairs["diaObjectId"], "dec"].to_numpy()) * 3600
+    assert len(pairs) and (sep < 1.5).all()
+    # some twins lie in different order-6 pixels
+    pix = radec2pix(6, latest["ra"].to_numpy(), latest["dec"].to_numpy())
+    pixel = dict(zip(latest.index, pix, strict=True))
+    assert any(pixel[a] != pixel[b] for a, b in zip(pairs["old"], pairs["diaObjectId"], strict=True))
+    # a retired object gets no new version after its close record's chunk
+    for row in closes.itertuples():
+        later = objects[(objects["diaObjectId"] == row.diaObjectId) & (objects["apdb_replica_chunk"]
+                                                                     > row.apdb_replica_chunk)]
+        assert later.empty
+
+
+def test_re_emitted_sources_and_last_write_wins_cases(changes):
+    _, infos = changes
+    sources = _load(infos, "DiaSource")
+    copies = sources[sources["diaSourceId"].duplicated(keep=False)]
+    assert copies["diaSourceId"].nunique() >= 4
+    first = copies.sort_values("apdb_replica_chunk").groupby("diaSourceId").head(1).set_index("diaSourceId")
+    later = copies.sort_values("apdb_replica_chunk").groupby("diaSourceId").tail(1).set_index("diaSourceId")
+    assert (later["apdb_replica_chunk"].to_numpy() > first.loc[later.index, "apdb_replica_chunk"].to_numpy()).all()
+    assert (later["diaObjectId"].to_numpy() != first.loc[later.index, "diaObjectId"].to_numpy()).any()  # other object
+    assert (later["night"].to_numpy() != first.loc[later.index, "night"].to_numpy()).any()  # across nights
+    records = _records(infos)
+    twice = records[records["update_type"] == "reassign_diasource_to_diaobject"].groupby("diaSourceId")
+    assert any(len(g) == 2 and g["update_time_ns"].is_monotonic_increasing for _, g in twice)
+    n = records[records["update_type"] == "update_n_dia_sources"]
+    pairs = n.groupby(["dir", "diaObjectId"]).filter(lambda g: len(g) == 2)
+    assert len(pairs) and not pairs.groupby(["dir", "diaObjectId"])["update_time_ns"].apply(
+        lambda t: t.is_monotonic_increasing).any()  # the older record is stored last

@@ -439,7 +439,9 @@ def _make_objects(spec: DemoSpec, rng: np.random.Generator) -> _Objects:
         for i in (firsts, seconds):
             p_detect[i] = _DRIFT_DETECT_PROBABILITY
             position_sigma[i] = _POSITION_SIGMA
-        active[seconds] = active[firsts] = True
+        active[firsts] = True
+        active[seconds] = True
+        active[seconds[n_twins // 2:], :2] = False  # these duplicates appear on the third night: a later dedup run
     return _Objects(
         ra=ra,
         dec=dec,
