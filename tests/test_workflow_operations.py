@@ -124,3 +124,89 @@ def test_lint_is_clean(workspace: Workspace):
     proc = workspace.snakemake("--lint", check=False)
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert "Congratulations" in proc.stdout + proc.stderr
+
+
+def _update_chunk(ws: Workspace, chunk_id: int, payloads: list, *, checksum_of=None) -> None:
+    """A flat-layout chunk that holds only update records, with a new-format manifest."""
+    import hashlib
+
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    directory = ws.ppdb / str(chunk_id)
+    directory.mkdir(parents=True)
+    path = directory / "updates.parquet"
+    pq.write_table(pa.table({
+        "apdb_replica_chunk": pa.array([chunk_id] * len(payloads), pa.int64()),
+        "update_time_ns": pa.array([(chunk_id + 10) * 10**9] * len(payloads), pa.int64()),
+        "update_order": pa.array(range(len(payloads)), pa.int64()),
+        "json_payload": pa.array([p if isinstance(p, str) else json.dumps(p) for p in payloads], pa.string()),
+    }), path)
+    data = path.read_bytes()
+    (directory / "manifest.json").write_text(json.dumps({
+        "replica_chunk_id": str(chunk_id), "unique_id": f"u-{chunk_id}", "schema_version": "10.0.0",
+        "exported_at": "2026-11-22T00:00:00Z", "last_update_time": str(chunk_id + 20),
+        "files": {"updates.parquet": {"row_count": len(payloads), "size_bytes": len(data),
+                                      "checksum": checksum_of or hashlib.sha256(data).hexdigest()}}}))
+
+
+def test_bad_update_records_change_nothing_and_name_the_record(bootstrapped: Workspace):
+    """Malformed JSON, an unknown type, a missing key field, a checksum mismatch: the daily fails with the chunk,
+    record and reason, and the collection stays byte-identical."""
+    import shutil
+
+    ws = bootstrapped
+    chunk_id = 1795278000  # 2026-11-21T16:20Z: a daytime chunk of dayobs 2026-11-21
+    good = {"update_type": "withdraw_diasource", "diaSourceId": 1, "timeWithdrawnMjdTai": 61366.0, "ra": 150.0,
+            "dec": 2.0, "midpointMjdTai": 61365.0}
+    cases = [
+        (["{broken"], None, "not valid JSON"),
+        ([{**good, "update_type": "delete_everything"}], None, "unknown update_type 'delete_everything'"),
+        ([{k: v for k, v in good.items() if k != "diaSourceId"}], None, "lacks required field(s) diaSourceId"),
+        ([good], "0" * 64, "does not match the manifest's checksum"),
+    ]
+    before = tree_digest(ws.collection)
+    for payloads, checksum, message in cases:
+        _update_chunk(ws, chunk_id, payloads, checksum_of=checksum)
+        proc = ws.snakemake("daily", "--config", f"until={NIGHTS[1]}", check=False)
+        out = proc.stdout + proc.stderr
+        assert proc.returncode != 0, message
+        assert message in out and str(chunk_id) in out, out[-3000:]
+        assert tree_digest(ws.collection) == before
+        shutil.rmtree(ws.ppdb / str(chunk_id))
+        shutil.rmtree(ws.work / "batches", ignore_errors=True)
+
+
+def test_record_whose_target_arrives_a_night_later_is_applied_then(bootstrapped: Workspace):
+    """A withdrawal and a close record for rows that are not in the collection yet stay pending (counted in the
+    summary), and are applied by the daily that ingests their targets."""
+    import pandas as pd
+
+    from conftest import flat, write_chunk
+
+    ws = bootstrapped
+    sid, oid = 8_100_000_000_000, 8_000_000_000_000
+    withdraw = {"update_type": "withdraw_diasource", "diaSourceId": sid, "timeWithdrawnMjdTai": 61370.0,
+                "ra": 150.1, "dec": 2.1, "midpointMjdTai": 61367.0}
+    close = {"update_type": "close_diaobject_validity", "diaObjectId": oid, "validityEndMjdTai": 61370.0,
+             "nDiaSources": None, "ra": 150.1, "dec": 2.1}
+    _update_chunk(ws, 1795278000, [withdraw, close])  # 2026-11-21T16:20Z, daytime chunk of dayobs 2026-11-21
+    ws.snakemake("daily", "--config", f"until={NIGHTS[1]}")
+    summary = json.loads((ws.collection / "ingest" / "batches" / f"{NIGHTS[1]}.json").read_text())
+    assert summary["updates"]["records_pending"] == {"close_diaobject_validity": 1, "withdraw_diasource": 1}
+    # the target rows arrive later: a backfilled chunk of 2026-11-20 (2026-11-21T10:30Z, before the records)
+    write_chunk(ws.ppdb, 1795257000, {
+        "DiaObject": pd.DataFrame({"diaObjectId": [oid], "validityStartMjdTai": [61367.001], "ra": [150.1],
+                                   "dec": [2.1], "nDiaSources": [1]}),
+        "DiaSource": pd.DataFrame({"diaSourceId": [sid], "diaObjectId": [oid], "midpointMjdTai": [61367.0],
+                                   "ra": [150.1], "dec": [2.1], "visit": [5], "detector": [1]}),
+    })
+    ws.snakemake("daily", "--config", f"until={NIGHTS[2]}")
+    summary = json.loads((ws.collection / "ingest" / "batches" / f"{NIGHTS[0]}_2.json").read_text())
+    assert summary["updates"]["records_pending_before"] == 2
+    assert summary["updates"]["records_pending"] == {}
+    catalog = read_collection(ws.collection)
+    row = catalog[catalog["diaObjectId"] == oid]
+    assert len(row) == 1 and float(row["validityEndMjdTai"].iloc[0]) == 61370.0
+    points = flat(row, "diaSource")
+    assert points["diaSourceId"].tolist() == [sid] and points["timeWithdrawnMjdTai"].tolist() == [61370.0]
