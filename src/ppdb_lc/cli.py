@@ -56,6 +56,23 @@ def _preview(args: argparse.Namespace) -> int:
     return 0
 
 
+def update_lines(version: Path) -> list[str]:
+    """Update records per batch (applied / superseded / pending per type) and the records still pending."""
+    from ppdb_lc.ledger import read_pending
+
+    lines = []
+    for path in sorted((version / "ingest" / "batches").glob("*.json")):
+        changes = json.loads(path.read_text()).get("updates") or {}
+        applied = changes.get("records_applied") or {}
+        if changes.get("records_received") or applied:
+            lines.append(f"  updates {path.stem}: received {sum(changes['records_received'].values())}, applied "
+                         + (", ".join(f"{k} {v}" for k, v in sorted(applied.items())) or "none")
+                         + f"; superseded {sum((changes.get('records_superseded') or {}).values())}")
+    pending = read_pending(version)
+    lines.append(f"update records pending (target not ingested yet): {pending.num_rows}")
+    return lines
+
+
 def collection_summary(collection: Path, catalog_name: str | None = None) -> list[str]:
     """Lines describing a published collection: rows, pixels, versions, ledger nights, an example id search."""
     import lsdb
@@ -97,6 +114,7 @@ def collection_summary(collection: Path, catalog_name: str | None = None) -> lis
         batches = sorted({e.batch for e in entries})
         lines.append(f"  {night}: {len(entries)} chunks, batch {', '.join(batches)}; "
                      + ", ".join(f"{ds} {n}" for ds, n in rows.items()))
+    lines += update_lines(current)
     files = pixel_files(cat, pixels[:1])
     if files:
         example = int(pq.read_table(files[0][1], columns=["diaObjectId"])["diaObjectId"][0].as_py())
