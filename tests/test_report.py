@@ -33,7 +33,8 @@ from ppdb_lc.preview import format_preview, preview
 from ppdb_lc.settings import Settings
 
 NIGHTS = ("2026-11-20", "2026-11-21", "2026-11-22")
-SPEC = DemoSpec(n_objects=400, nights=NIGHTS, chunks_per_night=3, seed=7)
+# preview/report expectations are per-night pandas rows: the plain simulation (update records: test_workflow*)
+SPEC = DemoSpec(n_objects=400, nights=NIGHTS, chunks_per_night=3, seed=7, changes=False)
 THRESHOLD = 5  # rows per new pixel: bootstrap pixels at order 4-8, leaving holes later nights fill
 
 
@@ -52,7 +53,7 @@ class Built:
 
 
 def _stage(batch: Batch, out: Path) -> dict[str, Path]:
-    staged = {ds: out / ds for ds in apdb.DATASETS}
+    staged = {ds: out / ds for ds in (*apdb.DATASETS, stage.UPDATES)}
     for ds, path in staged.items():
         stage.stage_dataset(batch.chunks, ds, path)
     return staged
