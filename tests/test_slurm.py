@@ -146,7 +146,7 @@ def test_slurm_profile_matches_local_run(slurm_cluster: Path, tmp_path: Path) ->
 
     # every job of a rule with a script went through sbatch, none ran on the submit host
     submitted = slurm.job_counts("rule")
-    expected = collections.Counter(stage_dataset=6, bootstrap_collection=1, ingest_batch=1)
+    expected = collections.Counter(stage_dataset=8, bootstrap_collection=1, ingest_batch=1)  # 3 tables + updates, x2
     assert submitted == expected, slurm.outputs
     assert set(slurm.job_counts("localrule")) == {"bootstrap", "daily"}
     assert local.job_counts("localrule") == expected + collections.Counter(bootstrap=1, daily=1)
