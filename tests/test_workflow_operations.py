@@ -69,7 +69,7 @@ def test_interrupted_after_imports_resumes_to_the_same_catalog(bootstrapped: Wor
     ws = bootstrapped
     ws.snakemake("daily", "--until", "stage_dataset", "--config", f"until={NIGHTS[2]}")
     staged = sorted(p.name for p in (ws.work / "batches").glob("*/staged/*"))
-    assert staged == sorted(["DiaForcedSource", "DiaObject", "DiaSource"] * 2)
+    assert staged == sorted(["DiaForcedSource", "DiaObject", "DiaSource", "updates"] * 2)
     assert os.readlink(ws.collection).endswith("-bootstrap")  # nothing committed yet
     resumed = ws.snakemake("daily", "--config", f"until={NIGHTS[2]}")
     log = resumed.stdout + resumed.stderr
