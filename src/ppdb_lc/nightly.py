@@ -98,11 +98,11 @@ def _border_rows_from(base_catalog: Path, rewritten_catalog: Path, pixel: Healpi
 
 def _night_changes(batch: Batch, base: Path, tables: dict[str, pa.Table], records: pa.Table, out_dir: Path,
                    settings: Settings, schema: pa.Schema, pixels: Sequence[HealpixPixel], morder: int
-                   ) -> tuple[dict[str, pa.Table], revise.Revision, pa.Table, dict]:
+                   ) -> tuple[dict[str, pa.Table], revise.Revision, dict]:
     """Apply the night's and the pending update records, and resolve re-emitted rows against the collection.
 
-    Returns the night's flat tables to nest (moved points included), the revision of committed files, the
-    records still pending and the counts for the night summary.
+    Returns the night's flat tables to nest (moved points included), the revision of committed files and the
+    counts for the night summary; the night's record log and the records still pending go into ``out_dir``.
     """
     names = settings.names
     pending_before = read_pending(base)
@@ -177,7 +177,7 @@ def _night_changes(batch: Batch, base: Path, tables: dict[str, pa.Table], record
     write_records(out_dir / "pending_updates.parquet", still_pending)
     night = {"DiaObject": flat.objects, "DiaSource": pa.concat_tables([flat.sources, *moved]),
              "DiaForcedSource": flat.forced}
-    return night, revision, still_pending, counts
+    return night, revision, counts
 
 
 def build_batch(batch: Batch, staged: dict[str, Path], out_dir: Path, settings: Settings) -> dict:
@@ -204,7 +204,7 @@ def build_batch(batch: Batch, staged: dict[str, Path], out_dir: Path, settings: 
 
     staged_tables = {ds: stage.read_staged(staged[ds], batch.night) for ds in apdb.DATASETS}
     records = stage.read_staged(staged[stage.UPDATES], batch.night)
-    tables, revision, _, changes = _night_changes(batch, base, staged_tables, records, out_dir, settings, schema,
+    tables, revision, changes = _night_changes(batch, base, staged_tables, records, out_dir, settings, schema,
                                                   existing, morder)
     rows, stats = lightcurves.nest_batch(tables["DiaObject"], tables["DiaSource"], tables["DiaForcedSource"], schema)
     hp29 = rows[SPATIAL_INDEX_COLUMN].to_numpy()

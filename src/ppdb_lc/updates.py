@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import json
 import logging
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -306,12 +306,13 @@ def _key_positions(table_keys: Sequence[np.ndarray], effect_keys: Sequence[np.nd
 
 
 def apply_fields(table: pa.Table, rows: np.ndarray, effects: pd.DataFrame, effect_rows: np.ndarray,
-                 fields: Iterable[str]) -> pa.Table:
-    """Write each set field of ``effects[effect_rows]`` into ``table`` at ``rows`` (columns absent are skipped)."""
+                 fields: Iterable[str], reach: Callable[[str], np.ndarray] | None = None) -> pa.Table:
+    """Write each set field of ``effects[effect_rows]`` into ``table`` at ``rows`` (columns absent are skipped);
+    ``reach(name)``, if given, says which of those rows the field's effect reaches (default: where it is set)."""
     for name in fields:
         if name not in table.column_names:
             continue
-        is_set = effects[f"{name}__set"].to_numpy(bool)[effect_rows]
+        is_set = effects[f"{name}__set"].to_numpy(bool)[effect_rows] if reach is None else reach(name)
         if not is_set.any():
             continue
         values = effects[name].to_numpy(dtype=object)[effect_rows][is_set]
@@ -347,14 +348,8 @@ def object_field_mask(effects: pd.DataFrame, effect_rows: np.ndarray, row_chunk:
 def apply_to_objects(table: pa.Table, rows: np.ndarray, effects: pd.DataFrame, effect_rows: np.ndarray,
                      row_chunk: np.ndarray) -> pa.Table:
     """Object fields on rows ``rows`` of ``table`` (``row_chunk``: every table row's version chunk, -1 for none)."""
-    for name in TABLE_FIELDS["DiaObject"]:
-        reach = object_field_mask(effects, effect_rows, row_chunk[rows], name)
-        if not reach.any():
-            continue
-        values = effects[name].to_numpy(dtype=object)[effect_rows][reach]
-        index = table.column_names.index(name)
-        table = table.set_column(index, table.schema.field(index), replace_values(table[name], rows[reach], values))
-    return table
+    return apply_fields(table, rows, effects, effect_rows, TABLE_FIELDS["DiaObject"],
+                        reach=lambda name: object_field_mask(effects, effect_rows, row_chunk[rows], name))
 
 
 def version_chunks(table: pa.Table) -> np.ndarray:
