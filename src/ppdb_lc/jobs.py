@@ -8,6 +8,7 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
+import os
 import sys
 from collections.abc import Iterator, Sequence
 from pathlib import Path
@@ -29,11 +30,17 @@ def use_jemalloc() -> None:
 
 @contextlib.contextmanager
 def job_log(path: str | Path | None) -> Iterator[None]:
-    """Set up a job process: Arrow memory pool, logging and stderr (progress bars) into its Snakemake log file."""
+    """Set up a job process: Arrow memory pool, logging and stderr (progress bars) into its Snakemake log file.
+
+    A job that succeeded ends its process right here, without interpreter finalization: Arrow's C++ thread pools
+    can abort the process while Python shuts down (``terminate called without an active exception``, SIGABRT;
+    apache/arrow#34314), which Snakemake reports as a failed job although every output was written. Seen here in 1
+    of ~100 short staging jobs. The job's outputs are closed files by then; only the streams need flushing.
+    """
     use_jemalloc()
     if path is None:
         yield
-        return
+        _end_process()
     with open(path, "w", buffering=1) as handle:
         old = sys.stderr
         sys.stderr = handle
@@ -46,6 +53,14 @@ def job_log(path: str | Path | None) -> Iterator[None]:
             raise
         finally:
             sys.stderr = old
+    _end_process()
+
+
+def _end_process() -> None:
+    logging.shutdown()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(0)
 
 
 def chunks_from_manifests(manifests: Sequence[str | Path]) -> list[Chunk]:
