@@ -430,7 +430,8 @@ def _make_objects(spec: DemoSpec, rng: np.random.Generator) -> _Objects:
     if n_twins:
         # half the pairs start from a drifting object (on a pixel boundary), so some twins sit across it
         others = np.setdiff1d(np.arange(n), drift)
-        firsts = np.concatenate([drift[: n_twins // 2], rng.choice(others, n_twins - n_twins // 2, replace=False)])
+        on_boundary = drift[: min(n_twins // 2, len(drift))]
+        firsts = np.concatenate([on_boundary, rng.choice(others, n_twins - len(on_boundary), replace=False)])
         seconds = rng.choice(np.setdiff1d(others, firsts), n_twins, replace=False)
         angle = rng.uniform(0, 2 * np.pi, n_twins)
         dec[seconds] = dec[firsts] + _TWIN_SEPARATION * np.sin(angle) * _ARCSEC

@@ -53,7 +53,15 @@ def job_log(path: str | Path | None) -> Iterator[None]:
             raise
         finally:
             sys.stderr = old
+        logging.getLogger("ppdb_lc").info("job done: peak RSS %.1f MB (kernel VmHWM)", peak_rss_mb())
     _end_process()
+
+
+def peak_rss_mb() -> float:
+    """The process's peak resident set size so far (the kernel's VmHWM, via getrusage), in MB."""
+    import resource
+
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
 def _end_process() -> None:
