@@ -117,9 +117,12 @@ def _pairs_in(frame_keys: list[np.ndarray], wanted: pd.DataFrame, columns: list[
 
 
 @dataclass
-class _FilePlan:
-    remove_sources: set[int] = field(default_factory=set)  # replaced copies (removed, not moved)
-    touches: bool = False
+class _MarginChange:
+    """What a rewritten ``P/<name>`` changes in its neighbours' ``Q/<name>``: P's rows out of every Q whose
+    border its old rows reached, its new border rows in (a margin's share of the rows, not the file)."""
+
+    ranges: list[np.ndarray] = field(default_factory=list)
+    rows: list[pa.Table] = field(default_factory=list)
 
 
 def revise(base_catalog: Path, pixels: Sequence[HealpixPixel], lookups: Lookups, *, margin_dir: Path,
@@ -149,59 +152,54 @@ def revise(base_catalog: Path, pixels: Sequence[HealpixPixel], lookups: Lookups,
     reemitted_forced = set(night_forced_chunk)
     effect_sources = set(eff.source_ids().tolist())
 
-    plans: dict[Path, _FilePlan] = {}
+    effect_forced = set(map(tuple, eff.forced[["diaObjectId", "visit", "detector"]].to_numpy(np.int64).tolist()))
+    #: files holding a target -> their pixel and the committed source copies to remove (replaced by the night's)
+    plans: dict[Path, tuple[HealpixPixel, set[int]]] = {}
     for pixel, path in catalog.pixel_files(base_catalog, wanted_pixels):
         result.files_scanned += 1
         keys = _read_keys(path)
-        plan = _FilePlan()
-        hits = _pairs_in([keys["source_id"]], want_sources, ["id"])
-        for pos in hits:
+        touches, remove = False, set()
+        for pos in _pairs_in([keys["source_id"]], want_sources, ["id"]):
             sid = int(keys["source_id"][pos])
+            if sid in reemitted_sources and int(keys["source_chunk"][pos]) > int(night_source_chunk[sid]):
+                result.replaced_sources.add(sid)  # the night brings an earlier chunk's copy: it replaces this one
+                remove.add(sid)
+                touches = True
+                continue
             if sid in reemitted_sources:
-                committed, night = int(keys["source_chunk"][pos]), int(night_source_chunk[sid])
-                if committed <= night:
-                    result.kept_sources.add(sid)
-                else:  # the night brings an earlier chunk's copy: it replaces the committed one
-                    result.replaced_sources.add(sid)
-                    plan.remove_sources.add(sid)
-                    plan.touches = True
-                    continue
+                result.kept_sources.add(sid)
             if sid in effect_sources:
                 result.found_sources.add(sid)
-                plan.touches = True
+                touches = True
         owners = keys["diaObjectId"][keys["forced_row"]]
-        hits = _pairs_in([owners, keys["forced_visit"], keys["forced_detector"]], want_forced,
-                         ["diaObjectId", "visit", "detector"])
-        for pos in hits:
+        for pos in _pairs_in([owners, keys["forced_visit"], keys["forced_detector"]], want_forced,
+                             ["diaObjectId", "visit", "detector"]):
             key = (int(owners[pos]), int(keys["forced_visit"][pos]), int(keys["forced_detector"][pos]))
+            if key in reemitted_forced and int(keys["forced_chunk"][pos]) > night_forced_chunk[key]:
+                result.replaced_forced.add(key)
+                touches = True
+                continue
             if key in reemitted_forced:
-                if int(keys["forced_chunk"][pos]) <= night_forced_chunk[key]:
-                    result.kept_forced.add(key)
-                else:
-                    result.replaced_forced.add(key)
-                    plan.touches = True
-                    continue
-            result.found_forced.add(key)
-            plan.touches = True
-        hits = _pairs_in([keys["diaObjectId"]], want_objects, ["diaObjectId"])
-        for pos in hits:
+                result.kept_forced.add(key)
+            if key in effect_forced:
+                result.found_forced.add(key)
+                touches = True
+        for pos in _pairs_in([keys["diaObjectId"]], want_objects, ["diaObjectId"]):
+            touches = True
             chunk = int(keys["chunk"][pos])
-            plan.touches = True
             if chunk >= 0:
                 oid = int(keys["diaObjectId"][pos])
                 result.found_objects[oid] = min(chunk, result.found_objects.get(oid, chunk))
-        if plan.touches:
-            plans[path] = plan
-    # forced targets that are re-emission lookups only are not record targets
-    result.found_forced &= set(map(tuple, eff.forced[["diaObjectId", "visit", "detector"]].to_numpy(np.int64)
-                                   .tolist())) if not eff.forced.empty else set()
+        if touches:
+            plans[path] = (pixel, remove)
     log.info("revise: %d candidate pixels, %d files scanned, %d files hold targets", len(wanted_pixels),
              result.files_scanned, len(plans))
 
-    rewritten: dict[str, list[tuple[HealpixPixel, pa.Table, pa.Table]]] = defaultdict(list)
-    for path, plan in plans.items():
+    # one file at a time (memory: one file plus the margin rows of the rewritten files)
+    changes: dict[str, dict[int, _MarginChange]] = defaultdict(lambda: defaultdict(_MarginChange))
+    for path, (pixel, remove) in plans.items():
         old = pq.read_table(path, schema=schema)
-        new, moved, dropped = rewrite_rows(old, eff, plan.remove_sources, result.replaced_forced, schema)
+        new, moved, dropped = rewrite_rows(old, eff, remove, result.replaced_forced, schema)
         if moved.num_rows:
             result.moved_sources.append(moved)
         result.rows_dropped += int(dropped.sum())
@@ -211,16 +209,17 @@ def revise(base_catalog: Path, pixels: Sequence[HealpixPixel], lookups: Lookups,
         target.parent.mkdir(parents=True, exist_ok=True)
         pq.write_table(new, target, **catalog.WRITE_OPTIONS)
         result.files_rewritten.append(str(relative))
-        pixel = _pixel_of(path)
-        rewritten[path.name].append((pixel, old, new))
-    _revise_margins(rewritten, pixels, margin_order, margin_dir, out_margin, margin_schema, result)
+        slot = pixels.index(pixel)
+        hp_old = old[SPATIAL_INDEX_COLUMN].to_numpy()
+        _, reached = margins.margin_targets(hp_old, np.full(len(hp_old), slot), pixels, margin_order)
+        for q in np.unique(reached):
+            changes[path.name][int(q)].ranges.append(_ranges(pixel))
+        hp_new = new[SPATIAL_INDEX_COLUMN].to_numpy()
+        rows, reached = margins.margin_targets(hp_new, np.full(len(hp_new), slot), pixels, margin_order)
+        for q in np.unique(reached):
+            changes[path.name][int(q)].rows.append(new.take(pa.array(rows[reached == q])))
+    _revise_margins(changes, pixels, margin_dir, out_margin, margin_schema, result)
     return result
-
-
-def _pixel_of(path: Path) -> HealpixPixel:
-    from hats.io.paths import get_healpix_from_path
-
-    return get_healpix_from_path(str(path))
 
 
 def rewrite_rows(table: pa.Table, effects: Effects, remove_sources: set[int],
@@ -294,24 +293,11 @@ def _ranges(pixel: HealpixPixel) -> np.ndarray:
     return np.asarray(PixelTree.from_healpix([pixel]).to_depth29_ranges(), dtype=np.int64)[0]
 
 
-def _revise_margins(rewritten: dict[str, list[tuple[HealpixPixel, pa.Table, pa.Table]]],
-                    pixels: Sequence[HealpixPixel], order: int, margin_dir: Path, out_margin: Path,
-                    margin_schema: pa.Schema, result: Revision) -> None:
+def _revise_margins(changes: dict[str, dict[int, _MarginChange]], pixels: Sequence[HealpixPixel], margin_dir: Path,
+                    out_margin: Path, margin_schema: pa.Schema, result: Revision) -> None:
     """Rewrite ``Q/<name>`` for every neighbour Q of a rewritten ``P/<name>`` (see module doc)."""
-    for name, files in rewritten.items():
-        removals: dict[int, list[np.ndarray]] = defaultdict(list)
-        additions: dict[int, list[pa.Table]] = defaultdict(list)
-        for pixel, old, new in files:
-            slot = pixels.index(pixel)
-            hp_old = old[SPATIAL_INDEX_COLUMN].to_numpy()
-            _, targets = margins.margin_targets(hp_old, np.full(len(hp_old), slot), pixels, order)
-            for q in np.unique(targets):
-                removals[int(q)].append(_ranges(pixel))
-            hp_new = new[SPATIAL_INDEX_COLUMN].to_numpy()
-            rows, targets = margins.margin_targets(hp_new, np.full(len(hp_new), slot), pixels, order)
-            for q in np.unique(targets):
-                additions[int(q)].append(new.take(pa.array(rows[targets == q])))
-        for q in sorted(set(removals) | set(additions)):
+    for name, by_pixel in changes.items():
+        for q, change in sorted(by_pixel.items()):
             path = catalog.pixel_file(margin_dir, pixels[q], name)
             parts = []
             old_rows = 0
@@ -320,10 +306,10 @@ def _revise_margins(rewritten: dict[str, list[tuple[HealpixPixel, pa.Table, pa.T
                 old_rows = current.num_rows
                 hp = current[SPATIAL_INDEX_COLUMN].to_numpy()
                 outside = np.ones(len(hp), dtype=bool)
-                for lo, hi in removals.get(q, []):
+                for lo, hi in change.ranges:
                     outside &= (hp < lo) | (hp >= hi)
                 parts.append(current.filter(pa.array(outside)))
-            parts += [t.select(margin_schema.names).cast(margin_schema) for t in additions.get(q, [])]
+            parts += [t.select(margin_schema.names).cast(margin_schema) for t in change.rows]
             table = pa.concat_tables(parts) if parts else margin_schema.empty_table()
             table = table.sort_by(SPATIAL_INDEX_COLUMN)
             relative = path.relative_to(margin_dir)
