@@ -96,7 +96,7 @@ def _border_rows_from(base_catalog: Path, rewritten_catalog: Path, pixel: Healpi
     return {name: pa.concat_tables(tables) for name, tables in parts.items()}
 
 
-def _night_changes(batch: Batch, base: Path, tables: dict[str, pa.Table], records: pa.Table, out_dir: Path,
+def _night_changes(base: Path, tables: dict[str, pa.Table], records: pa.Table, out_dir: Path,
                    settings: Settings, schema: pa.Schema, pixels: Sequence[HealpixPixel], morder: int
                    ) -> tuple[dict[str, pa.Table], revise.Revision, dict]:
     """Apply the night's and the pending update records, and resolve re-emitted rows against the collection.
@@ -150,8 +150,7 @@ def _night_changes(batch: Batch, base: Path, tables: dict[str, pa.Table], record
         all_records,
         flat.found_sources | revision.found_sources,
         flat.found_forced | revision.found_forced,
-        {k: min(v, revision.found_objects.get(k, v)) for k, v in flat.found_objects.items()}
-        | {k: v for k, v in revision.found_objects.items() if k not in flat.found_objects},
+        updates.earliest_versions(flat.found_objects, revision.found_objects),
     )
     still_pending = updates.in_order(all_records.filter(pa.array(status == updates.PENDING)))
     ss = int(pc.sum(pc.is_null(pa.concat_arrays([m["diaObjectId"].combine_chunks() for m in moved])))
@@ -204,8 +203,8 @@ def build_batch(batch: Batch, staged: dict[str, Path], out_dir: Path, settings: 
 
     staged_tables = {ds: stage.read_staged(staged[ds], batch.night) for ds in apdb.DATASETS}
     records = stage.read_staged(staged[stage.UPDATES], batch.night)
-    tables, revision, changes = _night_changes(batch, base, staged_tables, records, out_dir, settings, schema,
-                                                  existing, morder)
+    tables, revision, changes = _night_changes(base, staged_tables, records, out_dir, settings, schema,
+                                               existing, morder)
     rows, stats = lightcurves.nest_batch(tables["DiaObject"], tables["DiaSource"], tables["DiaForcedSource"], schema)
     hp29 = rows[SPATIAL_INDEX_COLUMN].to_numpy()
     pixels, slots, created = partitioning.partition(hp29, existing, order=order, threshold=settings.pixel_threshold)

@@ -143,8 +143,7 @@ def bootstrap(batch: Batch, staged: dict[str, Path], scratch: Path, settings: Se
         flat = updates.apply_to_flat(tables["DiaObject"], tables["DiaSource"], tables["DiaForcedSource"], effects)
         found_sources |= flat.found_sources
         found_forced |= flat.found_forced
-        for oid, chunk in flat.found_objects.items():
-            found_objects[oid] = min(chunk, found_objects.get(oid, chunk))
+        found_objects = updates.earliest_versions(found_objects, flat.found_objects)
         rows, stats = lightcurves.nest_batch(flat.objects, flat.sources, flat.forced, schema)
         path = rows_dir / f"{night}.arrow"
         with pa.OSFile(str(path), "wb") as sink, pa.ipc.new_file(sink, schema) as writer:

@@ -413,6 +413,15 @@ def record_targets(records: pa.Table) -> pd.DataFrame:
 APPLIED, PENDING, SUPERSEDED = "applied", "pending", "superseded"
 
 
+def earliest_versions(*found: dict[int, int]) -> dict[int, int]:
+    """Objects found in several places: each one's smallest version chunk."""
+    out: dict[int, int] = {}
+    for part in found:
+        for oid, chunk in part.items():
+            out[oid] = min(chunk, out.get(oid, chunk))
+    return out
+
+
 def statuses(records: pa.Table, sources: set[int], forced: set[tuple[int, int, int]], objects: dict[int, int]
              ) -> np.ndarray:
     """Per record: ``applied`` (target found), ``pending`` (target not ingested yet) or ``superseded`` (a DiaObject
