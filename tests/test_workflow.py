@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 
@@ -75,8 +76,9 @@ def check_layout(ws: Workspace) -> None:
     assert rows == lsdb.open_catalog(ws.collection).hc_structure.catalog_info.total_rows
 
 
-def check_against_expectation(ws: Workspace, catalog: pd.DataFrame, *, one_row_per_object: bool) -> None:
-    exp = expected_catalog(ws.ppdb)
+def check_against_expectation(ws: Workspace, catalog: pd.DataFrame, *, one_row_per_object: bool,
+                              nights=None) -> None:
+    exp = expected_catalog(ws.ppdb, nights)
     ids = set(catalog["diaObjectId"])
     assert ids == exp["ids"], f"objects differ: {len(ids ^ exp['ids'])}"
     if one_row_per_object:
@@ -128,7 +130,12 @@ def test_bootstrap_dailies_weekly(workspace: Workspace, tmp_path_factory):
     ws = workspace
     ws.snakemake("bootstrap", "--config", f"until={NIGHTS[0]}")
     assert os.path.islink(ws.collection)
-    ws.snakemake("daily", "--config", f"until={NIGHTS[1]}")
+    check_against_expectation(ws, read_collection(ws.collection), one_row_per_object=True, nights=NIGHTS[:1])
+    ws.snakemake("daily", "--config", f"until={NIGHTS[1]}")  # opens with the daytime dedup chunk
+    check_against_expectation(ws, read_collection(ws.collection), one_row_per_object=False, nights=NIGHTS[:2])
+    first_daily = json.loads((ws.collection / "ingest" / "batches" / f"{NIGHTS[1]}.json").read_text())["updates"]
+    assert first_daily["records_applied"]["close_diaobject_validity"] > 0 and not first_daily["records_pending"]
+    assert first_daily["files_rewritten"] > 0 and first_daily["sources_moved_from_committed_rows"] > 0
 
     # A late chunk for the committed night, a night with a new sky region, and a chunk whose manifest is missing.
     committed = read_collection(ws.collection).dropna(subset=["validityStartMjdTai"]).set_index("diaObjectId")
