@@ -33,6 +33,18 @@ include: "rules/weekly.smk"
 include: "rules/report.smk"
 
 
+onstart:
+    start_run()
+
+
+onsuccess:
+    finish_run()
+
+
+onerror:
+    finish_run()
+
+
 rule all:
     default_target: True
     input:

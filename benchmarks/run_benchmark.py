@@ -85,9 +85,9 @@ def snakemake(out: Path, configfile: Path, target: str, cores: int, *extra: str,
 def copy_published(collection: Path, dest: Path) -> Path:
     """A hard-linked copy of the published version as a new collection ``dest`` (to time ``weekly`` again)."""
     current = VersionedCollection(collection).current()
-    versions = dest.parent / f"{dest.name}.versions"
-    shutil.copytree(current, versions / current.name, copy_function=os.link)
-    dest.symlink_to(Path(versions.name) / current.name)
+    store = VersionedCollection(dest)
+    staged = store.stage_copy("copy", lambda path: path.suffix == ".parquet", source=current)
+    store.publish(staged, "copy", base=None)
     return dest
 
 

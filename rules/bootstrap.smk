@@ -1,19 +1,19 @@
 # Full build of a new collection from every complete chunk up to `until`.
 
 
-rule bootstrap_collection:
+rule bootstrap_collection:  # the `run` wildcard: a fresh name per bootstrap run (common.smk RUN)
     input:
         **staged("bootstrap"),
     output:
-        temp(committed("bootstrap")),
+        temp(work("runs", "{run}", "bootstrap.committed.json")),
     params:
         manifests=lambda wc: [str(chunk.manifest) for chunk in BOOTSTRAP.chunks],
         staged=staged("bootstrap"),
         scratch=work("batches", "bootstrap", "scratch"),
     log:
-        work("logs", "bootstrap_collection.log"),
+        work("logs", "bootstrap_collection", "{run}.log"),
     benchmark:
-        work("benchmarks", "bootstrap_collection.tsv")
+        work("benchmarks", "bootstrap_collection", "{run}.tsv")
     threads: 2
     resources:
         mem_mb=4000,

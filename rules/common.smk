@@ -1,10 +1,13 @@
-# Config validation and the run's plan (what is pending), computed once when the workflow is parsed.
+# Config validation and the run's plan (what is pending), computed once when the workflow is parsed; the
+# collection lock and the cleaning of leftovers at the start of a run (ppdb_lc.runs).
 import os
+import time
 
 from snakemake.exceptions import WorkflowError
 from snakemake.utils import validate
 
 from ppdb_lc.apdb import DATASETS
+from ppdb_lc import runs
 from ppdb_lc.planning import make_plan
 from ppdb_lc.settings import Settings
 from ppdb_lc.stage import UPDATES
@@ -20,11 +23,15 @@ WORK = str(SETTINGS.work_dir)
 PLAN = make_plan(SETTINGS)
 BATCHES = {batch.name: batch for batch in PLAN.batches}
 BOOTSTRAP = PLAN.bootstrap_batch
+# Markers of committed work live under work/runs/<RUN>/: the version this run was planned on (a bootstrap: a
+# fresh name), so a marker never stands for work on another version. Jobs get RUN back as the `run` wildcard.
+RUN = PLAN.version or f"new-{time.time_ns()}"
 print(PLAN.describe())  # what this run would do, also shown by `snakemake -n`
 
 
 wildcard_constraints:
     batch=r"bootstrap|\d{4}-\d{2}-\d{2}(_\d+)?",
+    run=r"v\d{6}-[^/]+|new-\d+",
     dataset="|".join(STAGED),
 
 
@@ -45,15 +52,15 @@ def staged(batch):
     return {ds: work("batches", batch, "staged", ds) for ds in STAGED}
 
 
-def committed(batch):
-    return work("batches", batch, "committed.json")
+def committed(batch, run=RUN):
+    return work("runs", run, f"{batch}.committed.json")
 
 
 def previous_commit(wildcards):
     """Nights are committed in order: a night is built on the collection its predecessor published."""
     names = list(BATCHES)
     i = names.index(wildcards.batch)
-    return [committed(names[i - 1])] if i > 0 else []
+    return [committed(names[i - 1], wildcards.run)] if i > 0 else []
 
 
 def check_plan(target):
@@ -63,12 +70,6 @@ def check_plan(target):
             "bad input in the PPDB export (set on_invalid_chunk=skip to leave these chunks out):\n  "
             + "\n  ".join(PLAN.problems)
         )
-    for name in (BATCHES if target == "daily" else ["bootstrap"]):
-        if os.path.exists(committed(name)):
-            raise WorkflowError(
-                f"{committed(name)} exists but batch {name} is not in the ledger of {SETTINGS.collection_dir}: "
-                f"the collection was replaced; remove {work('batches', name)} and run again"
-            )
 
 
 # Inputs of the target rules: refusals are raised here, on the target itself.
@@ -97,3 +98,26 @@ def weekly_input(wildcards):
     if not PLAN.collection_exists:
         raise WorkflowError(f"no collection at {SETTINGS.collection_dir}: run `snakemake bootstrap` first")
     return [work("weekly", f"compacted-{PLAN.version}.json")] if PLAN.weekly_needed else []
+
+
+# -- run start and end (main process only; never for -n) ---------------------------------------------------------
+RUN_LOCK = None
+
+
+def start_run():
+    """Take the collection lock if this run writes, check the plan still holds, clean leftovers of killed runs."""
+    global RUN_LOCK
+    rules_ = {job.rule.name for job in workflow.dag.needrun_jobs()}
+    if not rules_ & runs.WRITING_RULES:
+        return
+    target = " ".join(sorted({job.rule.name for job in workflow.dag.targetjobs})) or "snakemake"
+    pending = [*BATCHES, *(["bootstrap"] if BOOTSTRAP is not None and not PLAN.collection_exists else [])]
+    try:
+        RUN_LOCK = runs.start(SETTINGS.collection_dir, SETTINGS.work_dir, planned_version=PLAN.version,
+                              pending=pending, target=target)
+    except (runs.lock.CollectionLockedError, runs.CollectionStateError) as err:
+        raise WorkflowError(str(err)) from None
+
+
+def finish_run():
+    runs.finish(SETTINGS.collection_dir, RUN_LOCK)

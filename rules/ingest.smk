@@ -10,16 +10,16 @@ rule ingest_batch:
         unpack(lambda wc: staged(wc.batch)),
         previous=previous_commit,
     output:
-        temp(committed("{batch}")),
+        temp(work("runs", "{run}", "{batch}.committed.json")),
     params:
         night=lambda wc: batch_of(wc.batch).night,
         manifests=manifests,
         staged=lambda wc: staged(wc.batch),
         build=lambda wc: work("batches", wc.batch, "build"),
     log:
-        work("logs", "ingest_batch", "{batch}.log"),
+        work("logs", "ingest_batch", "{run}", "{batch}.log"),
     benchmark:
-        work("benchmarks", "ingest_batch", "{batch}.tsv")
+        work("benchmarks", "ingest_batch", "{run}", "{batch}.tsv")
     threads: 1
     resources:
         mem_mb=2000,

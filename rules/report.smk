@@ -5,7 +5,7 @@
 #                 and copied to <work_dir>/preview.txt. The rule has no declared output, so it runs every time.
 #   report_plots  sky map of the latest night, catalog size over nights, per-rule runtime/memory, night table,
 #                 under <work_dir>/report/; then `snakemake --report report.html` collects them.
-from ppdb_lc.report import batch_summary_files
+from ppdb_lc.report import batch_summary_files, published_catalog_dir
 
 
 rule status:
@@ -57,7 +57,7 @@ rule report_plots:
         ),
     params:
         benchmark_root=work("benchmarks"),
-        catalog_dir=os.path.join(str(SETTINGS.collection_dir), SETTINGS.names.catalog),
+        catalog_dir=lambda wildcards: published_catalog_dir(SETTINGS.collection_dir, SETTINGS.names.catalog),
     log:
         work("logs", "report_plots.log"),
     conda:

@@ -43,6 +43,15 @@ class Workspace:
         return self.root / "work"
 
     @property
+    def published(self) -> Path:
+        """The published version directory of the collection."""
+        from ppdb_lc.versions import VersionedCollection
+
+        current = VersionedCollection(self.collection).current()
+        assert current is not None, f"no collection published at {self.collection}"
+        return current
+
+    @property
     def configfile(self) -> Path:
         return self.root / "config.yaml"
 

@@ -9,7 +9,6 @@ pandas, pixels from hats' ``radec2pix`` at each pixel's order) and against what 
 from __future__ import annotations
 
 import json
-import os
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -81,7 +80,7 @@ def built(tmp_path_factory: pytest.TempPathFactory) -> Built:
     bootstrap_preview = preview(first)
     batch = make_plan(first).bootstrap_batch
     boot = rebuild.bootstrap(batch, _stage(batch, ws.work / "bootstrap"), ws.work / "scratch", first)
-    catalog_dir = ws.collection / "dia_object_lc"
+    catalog_dir = ws.published / "dia_object_lc"
     bootstrap_pixels = _keys(PartitionInfo.read_from_dir(catalog_dir).get_healpix_pixels())
     bootstrap_rows = _rows_per_pixel(catalog_dir)
     bootstrap_total = int(TableProperties.read_from_dir(catalog_dir).total_rows)
@@ -94,7 +93,7 @@ def built(tmp_path_factory: pytest.TempPathFactory) -> Built:
         commits.append(nightly.ingest_batch(batch, _stage(batch, ws.work / batch.name), build, settings))
         assert not build.exists()
         assert nightly.ingest_batch(batch, {}, build, settings) == {  # a committed night is a no-op
-            "batch": batch.name, "already_committed_in": os.path.basename(os.readlink(ws.collection))}
+            "batch": batch.name, "already_committed_in": ws.published.name}
     return Built(ws, bootstrap_preview, nights_preview, boot, commits, bootstrap_pixels, bootstrap_rows)
 
 
@@ -199,7 +198,7 @@ def test_preview_after_daily_and_writes_nothing(built: Built) -> None:
     work_before = sorted(p for p in built.ws.work.rglob("*"))
     result = preview(built.settings())
     assert result["nights"] == [] and not result["bootstrap_needed"]
-    assert result["version"] == os.path.basename(os.path.realpath(built.ws.collection))
+    assert result["version"] == built.ws.published.name
     assert "nothing pending" in format_preview(result)
     assert tree_digest(built.ws.collection) == before
     assert sorted(p for p in built.ws.work.rglob("*")) == work_before
@@ -234,7 +233,7 @@ def test_cli_preview_json(built: Built, capsys: pytest.CaptureFixture[str], tmp_
 def test_cli_summary(built: Built, capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["summary", str(built.ws.collection)]) == 0
     out = capsys.readouterr().out
-    catalog_dir = built.ws.collection / "dia_object_lc"
+    catalog_dir = built.ws.published / "dia_object_lc"
     total = int(TableProperties.read_from_dir(catalog_dir).total_rows)
     pixels = len(PartitionInfo.read_from_dir(catalog_dir).get_healpix_pixels())
     assert f"catalog dia_object_lc: {total} rows in {pixels} pixels" in out
@@ -247,7 +246,7 @@ def test_cli_summary(built: Built, capsys: pytest.CaptureFixture[str]) -> None:
                           for _, f in pixel_files(catalog_dir, PartitionInfo.read_from_dir(catalog_dir)
                                                   .get_healpix_pixels())])
     assert int(match.group(2)) == int((ids == int(match.group(1))).sum()) >= 1  # one row per night seen
-    assert f"-> {os.path.basename(os.path.realpath(built.ws.collection))}" in out
+    assert f"-> {built.ws.published.name}" in out
     assert main(["summary", str(built.ws.root / "missing")]) == 1
 
 
@@ -283,14 +282,14 @@ def test_read_benchmarks(tmp_path: Path) -> None:
 
 
 def test_summaries_order_and_sizes(built: Built) -> None:
-    files = sorted((built.ws.collection / "ingest" / "batches").glob("*.json"))
+    files = sorted((built.ws.published / "ingest" / "batches").glob("*.json"))
     summaries = report.load_summaries(files)
     assert [s["batch"] for s in summaries] == ["bootstrap", *NIGHTS[1:]]
     assert [report.commit_number(s) for s in summaries] == [1, 2, 3]
     added = [c["catalog_rows_added"] for c in built.commits]
     boot = built.bootstrap_summary["objects"]
     assert report.catalog_sizes(summaries) == [boot, boot + added[0], boot + added[0] + added[1]]
-    total = int(TableProperties.read_from_dir(built.ws.collection / "dia_object_lc").total_rows)
+    total = int(TableProperties.read_from_dir(built.ws.published / "dia_object_lc").total_rows)
     assert report.catalog_sizes(summaries)[-1] == total
     assert report.latest_night(summaries)["batch"] == NIGHTS[-1]
 
@@ -298,11 +297,11 @@ def test_summaries_order_and_sizes(built: Built) -> None:
 def test_report_outputs(built: Built, tmp_path: Path) -> None:
     bench = tmp_path / "benchmarks"
     write_benchmarks(bench)
-    files = sorted((built.ws.collection / "ingest" / "batches").glob("*.json"))
+    files = sorted((built.ws.published / "ingest" / "batches").glob("*.json"))
     out = {name: tmp_path / "report" / name for name in ("sky.png", "size.png", "bench.png", "nights.html")}
     report.make_report(files, report.benchmark_files(bench), bench, sky=out["sky.png"], size=out["size.png"],
                        benchmarks=out["bench.png"], table=out["nights.html"],
-                       catalog_dir=built.ws.collection / "dia_object_lc")
+                       catalog_dir=built.ws.published / "dia_object_lc")
     for name in ("sky.png", "size.png", "bench.png"):
         assert out[name].read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
         assert out[name].stat().st_size > 20_000, name
@@ -320,11 +319,11 @@ def test_report_outputs(built: Built, tmp_path: Path) -> None:
 
 
 def test_sky_plot_without_nightly_batch(built: Built, tmp_path: Path) -> None:
-    summaries = report.load_summaries([built.ws.collection / "ingest" / "batches" / "bootstrap.json"])
-    path = report.plot_latest_night(summaries, tmp_path / "sky.png", built.ws.collection / "dia_object_lc")
+    summaries = report.load_summaries([built.ws.published / "ingest" / "batches" / "bootstrap.json"])
+    path = report.plot_latest_night(summaries, tmp_path / "sky.png", built.ws.published / "dia_object_lc")
     assert path.stat().st_size > 20_000
-    counts = report.catalog_pixel_rows(built.ws.collection / "dia_object_lc")
-    assert sum(counts.values()) == int(TableProperties.read_from_dir(built.ws.collection / "dia_object_lc").total_rows)
+    counts = report.catalog_pixel_rows(built.ws.published / "dia_object_lc")
+    assert sum(counts.values()) == int(TableProperties.read_from_dir(built.ws.published / "dia_object_lc").total_rows)
 
 
 # -- the Snakemake rules -------------------------------------------------------------------------------------

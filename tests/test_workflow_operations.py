@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import time
 
@@ -47,7 +46,7 @@ def test_bad_input_fails_before_any_job_and_changes_nothing(bootstrapped: Worksp
     # the operator may choose to leave the chunk out: the rest is ingested
     ws.snakemake("daily", "--config", "on_invalid_chunk=skip", f"until={NIGHTS[1]}")
     assert int(manifest.parent.name) not in {int(r.split(",")[0]) for r in
-                                             (ws.collection / "ingest/ledger.csv").read_text().splitlines()[1:]}
+                                             (ws.published / "ingest/ledger.csv").read_text().splitlines()[1:]}
 
 
 def test_config_typo_and_bad_value_fail_at_start(workspace: Workspace):
@@ -70,7 +69,7 @@ def test_interrupted_after_imports_resumes_to_the_same_catalog(bootstrapped: Wor
     ws.snakemake("daily", "--until", "stage_dataset", "--config", f"until={NIGHTS[2]}")
     staged = sorted(p.name for p in (ws.work / "batches").glob("*/staged/*"))
     assert staged == sorted(["DiaForcedSource", "DiaObject", "DiaSource", "updates"] * 2)
-    assert os.readlink(ws.collection).endswith("-bootstrap")  # nothing committed yet
+    assert ws.published.name.endswith("-bootstrap")  # nothing committed yet
     resumed = ws.snakemake("daily", "--config", f"until={NIGHTS[2]}")
     log = resumed.stdout + resumed.stderr
     assert "rule stage_dataset" not in log and "rule ingest_batch" in log
@@ -89,7 +88,7 @@ def test_interrupted_after_imports_resumes_to_the_same_catalog(bootstrapped: Wor
 
 def kill_job_once_it_writes(ws: Workspace, proc: subprocess.Popen, script: str) -> None:
     """SIGKILL the job running ``script`` (as the OOM killer or a node failure would) once it has written pixels."""
-    staging = ws.collection.parent / f"{ws.collection.name}.versions"
+    staging = ws.collection / "versions"
     deadline = time.time() + 120
     while time.time() < deadline and proc.poll() is None:
         if any(staging.glob(".staging-weekly-*/dia_object_lc/dataset/Norder=*/Dir=*/Npix=*/*.parquet")):
@@ -105,16 +104,16 @@ def kill_job_once_it_writes(ws: Workspace, proc: subprocess.Popen, script: str) 
 def test_crashed_weekly_leaves_previous_collection_usable(bootstrapped: Workspace):
     ws = bootstrapped
     ws.snakemake("daily", "--config", f"until={NIGHTS[1]}")
-    published = os.readlink(ws.collection)
+    published = ws.published
     before = tree_digest(ws.collection)
     proc = ws.start("weekly")
     kill_job_once_it_writes(ws, proc, "compact_collection")
     out, err = proc.communicate(timeout=120)
     assert proc.returncode != 0, out + err
-    assert os.readlink(ws.collection) == published and tree_digest(ws.collection) == before
+    assert ws.published == published and tree_digest(ws.collection) == before
     assert len(read_collection(ws.collection)) > 0
     ws.snakemake("weekly")
-    assert "weekly" in os.readlink(ws.collection)
+    assert "weekly" in ws.published.name
     catalog = read_collection(ws.collection)
     assert catalog["diaObjectId"].is_unique
     assert set(catalog["diaObjectId"]) == expected_catalog(ws.ppdb, NIGHTS[:2])["ids"]
@@ -192,7 +191,7 @@ def test_record_whose_target_arrives_a_night_later_is_applied_then(bootstrapped:
              "nDiaSources": None, "ra": 150.1, "dec": 2.1}
     _update_chunk(ws, 1795278000, [withdraw, close])  # 2026-11-21T16:20Z, daytime chunk of dayobs 2026-11-21
     ws.snakemake("daily", "--config", f"until={NIGHTS[1]}")
-    summary = json.loads((ws.collection / "ingest" / "batches" / f"{NIGHTS[1]}.json").read_text())
+    summary = json.loads((ws.published / "ingest" / "batches" / f"{NIGHTS[1]}.json").read_text())
     assert summary["updates"]["records_pending"] == {"close_diaobject_validity": 1, "withdraw_diasource": 1}
     # the target rows arrive later: a backfilled chunk of 2026-11-20 (2026-11-21T10:30Z, before the records)
     write_chunk(ws.ppdb, 1795257000, {
@@ -202,7 +201,7 @@ def test_record_whose_target_arrives_a_night_later_is_applied_then(bootstrapped:
                                    "ra": [150.1], "dec": [2.1], "visit": [5], "detector": [1]}),
     })
     ws.snakemake("daily", "--config", f"until={NIGHTS[2]}")
-    summary = json.loads((ws.collection / "ingest" / "batches" / f"{NIGHTS[0]}_2.json").read_text())
+    summary = json.loads((ws.published / "ingest" / "batches" / f"{NIGHTS[0]}_2.json").read_text())
     assert summary["updates"]["records_pending_before"] == 2
     assert summary["updates"]["records_pending"] == {}
     catalog = read_collection(ws.collection)

@@ -1,7 +1,9 @@
-"""``ppdb-lc``: look at a pending ingest or a published collection from the command line (reads only).
+"""``ppdb-lc``: look at a pending ingest or a published collection; roll back or unlock a collection.
 
     ppdb-lc preview --config config/config.yaml [--set key=value ...] [--json]
     ppdb-lc summary COLLECTION [--catalog NAME]
+    ppdb-lc rollback COLLECTION [--keep N]     publish the previous version again (ledger included)
+    ppdb-lc unlock COLLECTION [--force]        clear the lock of a run that is gone
 
 ``--set`` takes the same keys as ``snakemake --config`` (dotted for nested ones: ``catalog.pixel_threshold=100``);
 values are parsed as YAML. Relative paths resolve against the current directory, as with ``snakemake``.
@@ -141,6 +143,36 @@ def _summary(args: argparse.Namespace) -> int:
     return 0
 
 
+def _rollback(args: argparse.Namespace) -> int:
+    from ppdb_lc import catalog, lock
+    from ppdb_lc.versions import CollectionStateError, VersionedCollection
+
+    store = VersionedCollection(args.collection)
+    try:
+        with lock.held(args.collection, "ppdb-lc rollback"):
+            before = store.current()
+            version = store.rollback(catalog.is_data_file, keep=args.keep)
+    except (CollectionStateError, lock.CollectionLockedError) as err:
+        print(f"ppdb-lc: {err}", file=sys.stderr)
+        return 1
+    print(f"rolled back {args.collection}: {before.name if before else '?'} -> {version.name} "
+          f"(a copy of the version before it; the next daily ingests again what {before.name if before else '?'} "
+          "had)")
+    return 0
+
+
+def _unlock(args: argparse.Namespace) -> int:
+    from ppdb_lc import lock
+
+    try:
+        holder = lock.clear(args.collection, force=args.force)
+    except lock.CollectionLockedError as err:
+        print(f"ppdb-lc: {err}", file=sys.stderr)
+        return 1
+    print(f"cleared the lock of {holder.describe()}" if holder else f"{args.collection} was not locked")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="ppdb-lc", description=__doc__.split("\n\n")[0])
     sub = parser.add_subparsers(dest="command", required=True)
@@ -151,9 +183,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true", help="print the preview as JSON")
     p.set_defaults(func=_preview)
     s = sub.add_parser("summary", help="rows, pixels, versions and ledger nights of a published collection")
-    s.add_argument("collection", help="collection path (the link users open with lsdb)")
+    s.add_argument("collection", help="collection directory (what users open with lsdb)")
     s.add_argument("--catalog", default=None, help="main catalog name (default: the collection's primary table)")
     s.set_defaults(func=_summary)
+    r = sub.add_parser("rollback", help="publish the version before the published one again, ledger included")
+    r.add_argument("collection", help="collection directory")
+    r.add_argument("--keep", type=int, default=2, help="published versions to keep (>= 2; default 2)")
+    r.set_defaults(func=_rollback)
+    u = sub.add_parser("unlock", help="clear the lock left by a run that is gone (e.g. killed on another host)")
+    u.add_argument("collection", help="collection directory")
+    u.add_argument("--force", action="store_true", help="clear it even if its holder runs on this host")
+    u.set_defaults(func=_unlock)
     return parser
 
 

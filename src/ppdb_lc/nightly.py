@@ -364,7 +364,7 @@ def commit_batch(batch: Batch, build_dir: Path, settings: Settings) -> dict:
     (history / f"{batch.name}.json").write_text(json.dumps(summary, indent=1))
     if settings.validate_commits and not is_valid_catalog(str(staged), strict=True):
         raise CollectionStateError(f"new version {staged} failed strict HATS validation; nothing was published")
-    version = versions.publish(staged, batch.name, keep=settings.keep_versions)
+    version = versions.publish(staged, batch.name, base=base, keep=settings.keep_versions)
     summary["version"] = version.name
     log.info("committed %s as %s in %.1f s", batch.name, version.name, time.time() - started)
     return summary

@@ -13,7 +13,7 @@ from pathlib import Path
 from ppdb_lc.chunks import Discovery, discover
 from ppdb_lc.ledger import BOOTSTRAP, Batch, plan_batches, read_ledger
 from ppdb_lc.settings import Settings
-from ppdb_lc.versions import VersionedCollection
+from ppdb_lc.versions import VersionedCollection, version_label
 
 log = logging.getLogger(__name__)
 
@@ -39,7 +39,7 @@ class Plan:
         """Dailies were committed since the last full build (bootstrap or weekly)."""
         if self.version is None:
             return False
-        label = self.version.split("-", 1)[1]
+        label = version_label(self.version)
         return not (label == BOOTSTRAP or label.startswith("weekly-"))
 
     def describe(self) -> str:

@@ -106,13 +106,14 @@ def finish_catalog(catalog_dir: Path, plan: compaction.Compaction, *, name: str,
     return total
 
 
-def _publish(collection_: VersionedCollection, staging: Path, label: str, summary: dict, settings: Settings) -> dict:
+def _publish(collection_: VersionedCollection, staging: Path, label: str, summary: dict, settings: Settings, *,
+             base: Path | None) -> dict:
     history = staging / "ingest" / "batches"
     history.mkdir(parents=True, exist_ok=True)
     (history / f"{label}.json").write_text(json.dumps(summary, indent=1))
     if not is_valid_catalog(str(staging), strict=True):
         raise CollectionStateError(f"{staging} failed strict HATS validation; nothing was published")
-    summary["version"] = collection_.publish(staging, label, keep=settings.keep_versions).name
+    summary["version"] = collection_.publish(staging, label, base=base, keep=settings.keep_versions).name
     return summary
 
 
@@ -176,7 +177,7 @@ def bootstrap(batch: Batch, staged: dict[str, Path], scratch: Path, settings: Se
         **asdict(result),
         "seconds": round(time.time() - started, 3),
     }
-    return _publish(target, staging, BOOTSTRAP, summary, settings)
+    return _publish(target, staging, BOOTSTRAP, summary, settings, base=None)
 
 
 def _first_copies_across_nights(directory: Path, nights: Sequence[str], dataset: str) -> dict[str, np.ndarray]:
@@ -217,4 +218,4 @@ def weekly(scratch: Path, settings: Settings, *, threads: int = 2) -> dict:
         **asdict(result),
         "seconds": round(time.time() - started, 3),
     }
-    return _publish(target, staging, label, summary, settings)
+    return _publish(target, staging, label, summary, settings, base=base)

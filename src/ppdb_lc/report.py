@@ -21,11 +21,12 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from ppdb_lc.versions import VERSION_NAME as _VERSION
+
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
 
 Summary = dict[str, Any]
-_VERSION = re.compile(r"^v(\d{6})-(.+)$")
 _DATASETS = ("DiaObject", "DiaSource", "DiaForcedSource")
 _RULE_COLORS = {
     "stage_dataset DiaObject": "#9ecae1",
@@ -52,12 +53,21 @@ def _pyplot() -> Any:
 
 # -- batch summaries -----------------------------------------------------------------------------------------
 def batch_summary_files(collection_dir: str | Path) -> list[Path]:
-    """The batch summaries of the published collection, through its link (paths stay valid across versions)."""
+    """The batch summaries of the published version (each commit adds one)."""
     from ppdb_lc.versions import VersionedCollection
 
-    if VersionedCollection(collection_dir).current() is None:
+    current = VersionedCollection(collection_dir).current()
+    if current is None:
         raise FileNotFoundError(f"no collection at {collection_dir}: nothing to report (run `snakemake bootstrap`)")
-    return sorted((Path(collection_dir) / "ingest" / "batches").glob("*.json"))
+    return sorted((current / "ingest" / "batches").glob("*.json"))
+
+
+def published_catalog_dir(collection_dir: str | Path, catalog_name: str) -> str:
+    """The main catalog of the published version."""
+    from ppdb_lc.versions import VersionedCollection
+
+    current = VersionedCollection(collection_dir).current()
+    return str(current / catalog_name) if current is not None else ""
 
 
 def kind(summary: Summary) -> str:
@@ -281,11 +291,20 @@ class BenchmarkRecord:
     max_rss_mb: float
 
 
+_RUN = re.compile(r"^(v\d{6}-.+|new-\d+)$")
+
+
 def read_benchmark(path: Path, root: Path) -> BenchmarkRecord:
-    """Parse ``root/<rule>.tsv``, ``root/<rule>/<batch>.tsv`` or ``root/<rule>/<batch>/<dataset>.tsv``."""
+    """Parse ``root/<rule>.tsv``, ``root/<rule>/<batch>.tsv`` or ``root/<rule>/<batch>/<dataset>.tsv``.
+
+    A run level (``<rule>/<run>/<batch>.tsv``, ``<rule>/<run>.tsv``: the version the run was planned on, or
+    ``new-…`` for a bootstrap) is skipped.
+    """
     import pandas as pd
 
     parts = Path(path).relative_to(root).with_suffix("").parts
+    if parts[0] != "compact_collection":  # its level is the version it compacted
+        parts = (parts[0], *(p for p in parts[1:] if not _RUN.match(p)))
     rule = parts[0]
     batch = parts[1] if len(parts) > 1 else rule.split("_")[0]
     if rule == "compact_collection":
