@@ -63,8 +63,16 @@ def previous_commit(wildcards):
     return [committed(names[i - 1], wildcards.run)] if i > 0 else []
 
 
-def check_plan(target):
+def check_export(wildcards=None):
+    """A missing or empty export directory (unmounted, say) is an error for every target that reads it."""
+    if PLAN.export_error:
+        raise WorkflowError(PLAN.export_error)
+    return []
+
+
+def check_plan():
     """Stop before any job runs when the input is bad or the collection is in the wrong state."""
+    check_export()
     if PLAN.problems and SETTINGS.on_invalid_chunk == "error":
         raise WorkflowError(
             "bad input in the PPDB export (set on_invalid_chunk=skip to leave these chunks out):\n  "
@@ -75,7 +83,7 @@ def check_plan(target):
 # Inputs of the target rules: refusals are raised here, on the target itself.
 def daily_input(wildcards):
     if PLAN.collection_exists or not BATCHES:
-        check_plan("daily")
+        check_plan()
     if not PLAN.collection_exists and BATCHES:
         raise WorkflowError(f"no collection at {SETTINGS.collection_dir}: run `snakemake bootstrap` first")
     return [committed(name) for name in BATCHES]
@@ -88,7 +96,7 @@ def bootstrap_target(wildcards):
             f"{SETTINGS.collection_dir} already exists: bootstrap only builds a new collection "
             "(use `snakemake daily` to add nights, or remove the collection first)"
         )
-    check_plan("bootstrap")
+    check_plan()
     if BOOTSTRAP is None:
         raise WorkflowError(f"no complete chunk found in {SETTINGS.ppdb_dir} (until={SETTINGS.until or 'all'})")
     return committed("bootstrap")

@@ -14,6 +14,7 @@ rule ingest_batch:
     params:
         night=lambda wc: batch_of(wc.batch).night,
         manifests=manifests,
+        skipped=lambda wc: PLAN.skipped(batch_of(wc.batch).night),
         staged=lambda wc: staged(wc.batch),
         build=lambda wc: work("batches", wc.batch, "build"),
     log:

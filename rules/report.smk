@@ -10,11 +10,13 @@ from ppdb_lc.report import batch_summary_files, published_catalog_dir
 
 rule status:
     input:
-        [],
+        check_export,
 
 
 rule preview:
     localrule: True
+    input:
+        check_export,
     log:
         work("preview.txt"),  # the printed preview; a log, not an output, so that the rule always runs
     conda:

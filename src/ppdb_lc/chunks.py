@@ -19,6 +19,8 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
+import numpy as np
+import pyarrow as pa
 import pyarrow.parquet as pq
 
 from ppdb_lc import apdb
@@ -67,6 +69,15 @@ class Discovery:
     complete: list[Chunk]
     incomplete: list[tuple[Path, str]]
     invalid: list[tuple[Path, str]]
+    unexpected: list[Path] = field(default_factory=list)  # directories that are neither a date level nor a chunk
+    chunk_dirs: int = 0  # chunk directories seen (ingested ones included): 0 means an empty export
+
+
+def _date_level(directory: Path, root: Path) -> bool:
+    """``YYYY``, ``YYYY/MM`` or ``YYYY/MM/DD`` of the older layout."""
+    parts = directory.relative_to(root).parts
+    widths = (4, 2, 2)
+    return 0 < len(parts) <= 3 and all(p.isdigit() and len(p) == w for p, w in zip(parts, widths, strict=False))
 
 
 def dayobs(chunk_id: int) -> str:
@@ -79,15 +90,23 @@ def _is_manifest(name: str) -> bool:
     return name == NEW_MANIFEST or (name.startswith("chunk_") and name.endswith(".manifest.json"))
 
 
-def find_chunk_dirs(root: Path) -> Iterator[tuple[Path, Path | None]]:
+def find_chunk_dirs(root: Path, unexpected: list[Path] | None = None) -> Iterator[tuple[Path, Path | None]]:
     """Yield ``(chunk directory, manifest or None)`` for every chunk directory below ``root`` (both layouts).
 
     A chunk directory is a directory whose name is an integer and that holds a manifest or a table parquet file.
+    Directories that are neither that nor a ``YYYY/MM/DD`` level (``1795504200.partial``, say) are not visited and
+    are appended to ``unexpected``.
     """
+    root = Path(root)
     for dirpath, dirnames, filenames in os.walk(root):
         dirnames.sort()
         name = os.path.basename(dirpath)
+        if Path(dirpath) == root:
+            continue
         if not name.isdigit():
+            if unexpected is not None:
+                unexpected.append(Path(dirpath))
+            dirnames.clear()
             continue
         manifests = sorted(f for f in filenames if _is_manifest(f))
         has_table = any(f in UPDATE_FILES or f.removesuffix(".parquet") in apdb.DATASETS for f in filenames)
@@ -96,6 +115,8 @@ def find_chunk_dirs(root: Path) -> Iterator[tuple[Path, Path | None]]:
         elif has_table or len(name) >= 9:
             # A chunk id is a Unix time (>= 9 digits); a bare year/month/day folder is never one.
             yield Path(dirpath), None
+        elif not _date_level(Path(dirpath), root) and unexpected is not None:
+            unexpected.append(Path(dirpath))
         # Chunk directories hold no sub-directories worth visiting.
         if manifests or has_table:
             dirnames.clear()
@@ -194,11 +215,74 @@ def _update_file(directory: Path, info: dict) -> Path | None:
     return path
 
 
+#: ids every row must carry (a DiaSource of a solar-system object has no diaObjectId; a forced source always has)
+NOT_NULL_IDS: dict[str, tuple[str, ...]] = {
+    "DiaObject": ("diaObjectId",),
+    "DiaSource": ("diaSourceId",),
+    "DiaForcedSource": ("diaForcedSourceId", "diaObjectId"),
+}
+#: the column that names a row in error messages
+ROW_ID = {"DiaObject": "diaObjectId", "DiaSource": "diaSourceId", "DiaForcedSource": "diaForcedSourceId"}
+
+
+def lossless_cast(actual: pa.DataType, wanted: pa.DataType) -> bool:
+    """Whether values of type ``actual`` convert to ``wanted`` without loss (same kind, no narrowing)."""
+    if actual == wanted or pa.types.is_null(actual):
+        return True
+    if pa.types.is_integer(wanted):
+        return pa.types.is_integer(actual) and actual.bit_width <= wanted.bit_width and (
+            pa.types.is_signed_integer(actual) or actual.bit_width < wanted.bit_width)
+    if pa.types.is_floating(wanted):
+        return (pa.types.is_floating(actual) and actual.bit_width <= wanted.bit_width) or (
+            pa.types.is_integer(actual) and actual.bit_width < wanted.bit_width)
+    if pa.types.is_string(wanted):
+        return pa.types.is_string(actual) or pa.types.is_large_string(actual)
+    if pa.types.is_timestamp(wanted):
+        return pa.types.is_timestamp(actual)
+    return False
+
+
+def check_types(path: Path, table: str, schema: pa.Schema) -> None:
+    """Every APDB column of the file has a type that converts to the APDB type without loss."""
+    wanted = apdb.export_schema(table)
+    for fld in schema:
+        if fld.name in wanted.names and not lossless_cast(fld.type, wanted.field(fld.name).type):
+            raise InvalidChunkError(f"{path}: column {fld.name} has type {fld.type}, APDB type "
+                                    f"{wanted.field(fld.name).type}: not convertible without loss")
+
+
+def check_rows(path: Path, table: str) -> None:
+    """Required ids are not null; ra is in [0, 360) and dec in [-90, 90], both finite. Names the first bad row."""
+    row_id = ROW_ID[table]
+    columns = sorted({row_id, *NOT_NULL_IDS[table], "ra", "dec"})
+    try:
+        data = pq.read_table(path, columns=columns)
+    except Exception as err:  # pyarrow raises several types for corrupt files
+        raise InvalidChunkError(f"{path}: unreadable parquet ({err})") from err
+    ids = data[row_id].to_numpy(zero_copy_only=False)
+    for name in NOT_NULL_IDS[table]:
+        nulls = np.flatnonzero(data[name].is_null().to_numpy(zero_copy_only=False))
+        if nulls.size:
+            raise InvalidChunkError(f"{path}: {nulls.size} row(s) without {name} (first: row {int(nulls[0])}, "
+                                    f"{row_id} {ids[nulls[0]]})")
+    ra = data["ra"].to_numpy(zero_copy_only=False).astype(np.float64)
+    dec = data["dec"].to_numpy(zero_copy_only=False).astype(np.float64)
+    for name, values, ok in (("ra", ra, (ra >= 0.0) & (ra < 360.0)), ("dec", dec, (dec >= -90.0) & (dec <= 90.0))):
+        bad = np.flatnonzero(~(np.isfinite(values) & ok))
+        if bad.size:
+            first = int(bad[0])
+            raise InvalidChunkError(
+                f"{path}: {bad.size} row(s) with {name} outside {'[0, 360)' if name == 'ra' else '[-90, 90]'} or not "
+                f"finite (first: {row_id} {ids[first]}, {name} = {values[first]})"
+            )
+
+
 def check_chunk(directory: Path, manifest: Path) -> Chunk:
     """Build a :class:`Chunk` after checking every file against the manifest; raise InvalidChunkError if not.
 
-    Counts, sizes and columns are checked here from the files' metadata; checksums are verified by the jobs that
-    read the files (:func:`read_verified`), so that each file is read once.
+    Counts, sizes, columns and types are checked here from the files' metadata, and ids and positions of every row
+    from those few columns; checksums are verified by the jobs that read the whole files (:func:`read_verified`),
+    so that each file is read in full once.
     """
     info = read_manifest(manifest)
     if str(info["chunk_id"]) != directory.name:
@@ -226,6 +310,9 @@ def check_chunk(directory: Path, manifest: Path) -> Chunk:
         missing = [col for col in apdb.REQUIRED_COLUMNS[table] if col not in names]
         if missing:
             raise InvalidChunkError(f"{path}: missing required column(s) {', '.join(missing)}")
+        check_types(path, table, meta.schema.to_arrow_schema())
+        if expected:
+            check_rows(path, table)
         if expected:
             files[table] = path
     updates = _update_file(directory, info)
@@ -270,7 +357,10 @@ def discover(root: Path, *, until: str | None = None, skip_ids: Iterable[int] = 
     complete: list[Chunk] = []
     incomplete: list[tuple[Path, str]] = []
     invalid: list[tuple[Path, str]] = []
-    for directory, manifest in find_chunk_dirs(root):
+    unexpected: list[Path] = []
+    seen = 0
+    for directory, manifest in find_chunk_dirs(root, unexpected):
+        seen += 1
         chunk_id = int(directory.name)
         if chunk_id in skip or (until is not None and dayobs(chunk_id) > until):
             continue
@@ -282,4 +372,5 @@ def discover(root: Path, *, until: str | None = None, skip_ids: Iterable[int] = 
         except InvalidChunkError as err:
             invalid.append((directory, str(err)))
     complete.sort(key=lambda chunk: chunk.chunk_id)
-    return Discovery(complete=complete, incomplete=incomplete, invalid=invalid)
+    return Discovery(complete=complete, incomplete=incomplete, invalid=invalid, unexpected=unexpected,
+                     chunk_dirs=seen)

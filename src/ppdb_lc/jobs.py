@@ -14,6 +14,7 @@ from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
+from ppdb_lc import faults
 from ppdb_lc.chunks import Chunk, check_chunk
 from ppdb_lc.ledger import BOOTSTRAP, Batch
 from ppdb_lc.settings import Settings
@@ -76,8 +77,8 @@ def chunks_from_manifests(manifests: Sequence[str | Path]) -> list[Chunk]:
     return [check_chunk(Path(m).parent, Path(m)) for m in manifests]
 
 
-def _batch(name: str, night: str, manifests: Sequence[str]) -> Batch:
-    return Batch(name=name, night=night, chunks=chunks_from_manifests(manifests))
+def _batch(name: str, night: str, manifests: Sequence[str], skipped: Sequence[str] = ()) -> Batch:
+    return Batch(name=name, night=night, chunks=chunks_from_manifests(manifests), skipped=tuple(skipped))
 
 
 def _write_json(path: str | Path, data: dict) -> None:
@@ -90,16 +91,18 @@ def stage_dataset(manifests: Sequence[str], dataset: str, out_dir: str, config: 
     from ppdb_lc import stage
 
     with job_log(log):
+        faults.point("stage_dataset")
         chunks = chunks_from_manifests(manifests)
         stage.stage_dataset(chunks, dataset, Path(out_dir), Settings.from_config(config).keep_float64)
 
 
 def ingest_batch(name: str, night: str, manifests: Sequence[str], staged: dict[str, str], build_dir: str,
-                 marker: str, config: dict[str, Any], log: str) -> None:
+                 marker: str, config: dict[str, Any], log: str, skipped: Sequence[str] = ()) -> None:
     from ppdb_lc import nightly
 
     with job_log(log):
-        summary = nightly.ingest_batch(_batch(name, night, manifests), {k: Path(v) for k, v in staged.items()},
+        faults.point("ingest_batch")
+        summary = nightly.ingest_batch(_batch(name, night, manifests, skipped), {k: Path(v) for k, v in staged.items()},
                                        Path(build_dir), Settings.from_config(config))
         _write_json(marker, summary)
 
@@ -109,6 +112,7 @@ def bootstrap(manifests: Sequence[str], staged: dict[str, str], scratch: str, ma
     from ppdb_lc import rebuild
 
     with job_log(log):
+        faults.point("bootstrap_collection")
         batch = _batch(BOOTSTRAP, BOOTSTRAP, manifests)
         summary = rebuild.bootstrap(batch, {k: Path(v) for k, v in staged.items()}, Path(scratch),
                                     Settings.from_config(config), threads=threads)
@@ -119,6 +123,7 @@ def weekly(scratch: str, marker: str, config: dict[str, Any], threads: int, log:
     from ppdb_lc import rebuild
 
     with job_log(log):
+        faults.point("compact_collection")
         summary = rebuild.weekly(Path(scratch), Settings.from_config(config), threads=threads)
         _write_json(marker, summary)
 

@@ -48,6 +48,7 @@ class Batch:
     name: str
     night: str
     chunks: list[Chunk]
+    skipped: tuple[str, ...] = ()  # invalid chunks of the night left out (on_invalid_chunk: skip), with the reason
 
     def rows(self, dataset: str) -> int:
         return sum(chunk.rows(dataset) for chunk in self.chunks)

@@ -31,7 +31,7 @@ from hats.io.validation import is_valid_catalog
 from hats.pixel_math import HealpixPixel
 from hats.pixel_math.spatial_index import SPATIAL_INDEX_COLUMN
 
-from ppdb_lc import apdb, catalog, collection, lightcurves, margins, partitioning, revise, stage, updates
+from ppdb_lc import apdb, catalog, collection, faults, lightcurves, margins, partitioning, revise, stage, updates
 from ppdb_lc.ledger import (
     PENDING_PATH,
     UPDATE_LOG,
@@ -248,6 +248,7 @@ def build_batch(batch: Batch, staged: dict[str, Path], out_dir: Path, settings: 
         "night": batch.night,
         "base_version": base.name,
         "chunks": [c.chunk_id for c in batch.chunks],
+        "chunks_skipped": list(batch.skipped),
         "rows_in": {ds: batch.rows(ds) for ds in apdb.DATASETS},
         "re_emitted_copies_in_night": {ds: int((staged_tables[ds].schema.metadata or {}).get(
             stage.RE_EMITTED_KEY, b"0")) for ds in ("DiaSource", "DiaForcedSource")},
@@ -362,6 +363,7 @@ def commit_batch(batch: Batch, build_dir: Path, settings: Settings) -> dict:
     history = staged / "ingest" / "batches"
     history.mkdir(parents=True, exist_ok=True)
     (history / f"{batch.name}.json").write_text(json.dumps(summary, indent=1))
+    faults.point("commit:written")
     if settings.validate_commits and not is_valid_catalog(str(staged), strict=True):
         raise CollectionStateError(f"new version {staged} failed strict HATS validation; nothing was published")
     version = versions.publish(staged, batch.name, base=base, keep=settings.keep_versions)

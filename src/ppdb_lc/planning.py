@@ -10,7 +10,7 @@ import logging
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from ppdb_lc.chunks import Discovery, discover
+from ppdb_lc.chunks import Discovery, dayobs, discover
 from ppdb_lc.ledger import BOOTSTRAP, Batch, plan_batches, read_ledger
 from ppdb_lc.settings import Settings
 from ppdb_lc.versions import VersionedCollection, version_label
@@ -24,6 +24,7 @@ class Plan:
     batches: list[Batch]
     discovery: Discovery
     problems: list[str] = field(default_factory=list)
+    export_error: str | None = None  # the export directory is missing or holds no chunk at all (unmounted?)
 
     @property
     def collection_exists(self) -> bool:
@@ -42,6 +43,11 @@ class Plan:
         label = version_label(self.version)
         return not (label == BOOTSTRAP or label.startswith("weekly-"))
 
+    def skipped(self, night: str) -> list[str]:
+        """Invalid chunks of ``night`` (left out when ``on_invalid_chunk: skip``), each with its reason."""
+        return [f"{path.name}: {reason}" for path, reason in self.discovery.invalid
+                if path.name.isdigit() and dayobs(int(path.name)) == night]
+
     def describe(self) -> str:
         lines = [f"collection version: {self.version or '(none yet)'}"]
         for batch in self.batches:
@@ -53,6 +59,11 @@ class Plan:
             lines.append(f"skipped incomplete chunk {path}: {reason}")
         for path, reason in self.discovery.invalid:
             lines.append(f"INVALID chunk {path}: {reason}")
+        for path in self.discovery.unexpected:
+            lines.append(f"UNEXPECTED directory {path}: not a chunk (its name is not a chunk id) nor a YYYY/MM/DD "
+                         "level; not read")
+        if self.export_error:
+            lines.append(f"ERROR: {self.export_error}")
         return "\n".join(lines)
 
 
@@ -62,11 +73,13 @@ def make_plan(settings: Settings) -> Plan:
     if not Path(settings.ppdb_dir).is_dir():
         empty = Discovery(complete=[], incomplete=[], invalid=[])
         return Plan(version=current.name if current else None, batches=[], discovery=empty,
-                    problems=[f"PPDB directory {settings.ppdb_dir} does not exist"])
+                    export_error=f"PPDB export directory {settings.ppdb_dir} does not exist")
     found = discover(settings.ppdb_dir, until=settings.until, skip_ids=[e.chunk_id for e in ledger])
     return Plan(
         version=current.name if current else None,
         batches=plan_batches(found.complete, ledger),
         discovery=found,
         problems=[f"{path}: {reason}" for path, reason in found.invalid],
+        export_error=None if found.chunk_dirs else (
+            f"PPDB export directory {settings.ppdb_dir} holds no chunk directory (empty or not mounted?)"),
     )

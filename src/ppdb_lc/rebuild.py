@@ -18,7 +18,7 @@ from hats.catalog import PartitionInfo, TableProperties
 from hats.io.parquet_metadata import write_parquet_metadata
 from hats.io.validation import is_valid_catalog
 
-from ppdb_lc import apdb, catalog, collection, compaction, lightcurves, margins, postprocess, stage, updates
+from ppdb_lc import apdb, catalog, collection, compaction, faults, lightcurves, margins, postprocess, stage, updates
 from ppdb_lc.ledger import BOOTSTRAP, LEDGER_PATH, PENDING_PATH, UPDATE_LOG, Batch, entries_for, write_ledger, write_records
 from ppdb_lc.settings import Settings
 from ppdb_lc.stash import Stash
@@ -108,6 +108,7 @@ def finish_catalog(catalog_dir: Path, plan: compaction.Compaction, *, name: str,
 
 def _publish(collection_: VersionedCollection, staging: Path, label: str, summary: dict, settings: Settings, *,
              base: Path | None) -> dict:
+    collection_.check_base(staging, label, base)  # before the costly validation: another run may have published
     history = staging / "ingest" / "batches"
     history.mkdir(parents=True, exist_ok=True)
     (history / f"{label}.json").write_text(json.dumps(summary, indent=1))
@@ -210,6 +211,7 @@ def weekly(scratch: Path, settings: Settings, *, threads: int = 2) -> dict:
     staging = target.staging(label)
     result = _build_collection(staging, sources, scratch, settings, order=order, threads=threads)
     shutil.copytree(base / LEDGER_PATH.parent, staging / LEDGER_PATH.parent)
+    faults.point("weekly:written")
     summary = {
         "batch": label,
         "base_version": base.name,

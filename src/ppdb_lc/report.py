@@ -377,7 +377,7 @@ def plot_benchmarks(records: Sequence[BenchmarkRecord], out: Path) -> Path:
 
 # -- table ---------------------------------------------------------------------------------------------------
 TABLE_COLUMNS = [
-    "version", "batch", "kind", "nights", "chunks", *[f"{ds} in" for ds in _DATASETS], "orphan rows",
+    "version", "batch", "kind", "nights", "chunks", "chunks skipped", *[f"{ds} in" for ds in _DATASETS], "orphan rows",
     "solar-system sources skipped", "catalog rows added/built", "catalog rows after", "pixels touched",
     "pixels created", "margin rows added", "build s", "commit s", "total s",
 ]
@@ -397,6 +397,7 @@ def summary_rows(summaries: Sequence[Summary]) -> list[dict[str, Any]]:
             "kind": k,
             "nights": ", ".join(nights) if nights else None,
             "chunks": len(summary["chunks"]) if "chunks" in summary else None,
+            "chunks skipped": len(summary["chunks_skipped"]) if "chunks_skipped" in summary else None,
             **{f"{ds} in": rows_in.get(ds) for ds in _DATASETS},
             "orphan rows": summary.get("orphan_rows"),
             "solar-system sources skipped": summary.get("solar_system_sources_skipped"),

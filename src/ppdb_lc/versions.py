@@ -29,6 +29,8 @@ import shutil
 from collections.abc import Callable
 from pathlib import Path
 
+from ppdb_lc import faults
+
 log = logging.getLogger(__name__)
 
 POINTER = "collection.properties"
@@ -148,6 +150,20 @@ class VersionedCollection:
         :class:`StaleBaseError` raised. Otherwise ``staged`` is renamed into place and the top-level
         ``collection.properties`` replaced atomically.
         """
+        self.check_base(staged, label, base)
+        self.remove_unpublished()
+        version = self.versions_dir / f"v{self._next_number():06d}-{label}"
+        os.rename(staged, version)
+        _fsync_dir(self.versions_dir)
+        faults.point("publish:renamed")
+        self._switch(version)
+        log.info("published %s -> %s", self.root, version.name)
+        faults.point("publish:switched")
+        self.prune(keep)
+        return version
+
+    def check_base(self, staged: Path, label: str, base: Path | None) -> None:
+        """Raise :class:`StaleBaseError` (and remove ``staged``) unless ``base`` is still the published version."""
         current = self.current()
         if current != base:
             shutil.rmtree(staged, ignore_errors=True)
@@ -156,14 +172,6 @@ class VersionedCollection:
                 f"{current.name if current else 'nothing'} is published now: it was discarded, not published "
                 "(run it again to build on the published version)"
             )
-        self.remove_unpublished()
-        version = self.versions_dir / f"v{self._next_number():06d}-{label}"
-        os.rename(staged, version)
-        _fsync_dir(self.versions_dir)
-        self._switch(version)
-        log.info("published %s -> %s", self.root, version.name)
-        self.prune(keep)
-        return version
 
     def rollback(self, is_data: Callable[[Path], bool], keep: int = MIN_KEEP) -> Path:
         """Publish the version before the published one again, as a new version (its ledger included).
