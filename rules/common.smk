@@ -1,6 +1,8 @@
 # Config validation and the run's plan (what is pending), computed once when the workflow is parsed; the
 # collection lock and the cleaning of leftovers at the start of a run (ppdb_lc.runs).
+import logging
 import os
+import sys
 import time
 
 from snakemake.exceptions import WorkflowError
@@ -115,6 +117,11 @@ RUN_LOCK = None
 def start_run():
     """Take the collection lock if this run writes, check the plan still holds, clean leftovers of killed runs."""
     global RUN_LOCK
+    if not logging.getLogger("ppdb_lc").handlers:  # the library's warnings (stale lock, leftovers) on stderr
+        handler = logging.StreamHandler(sys.stderr)
+        handler.setFormatter(logging.Formatter("ppdb_lc: %(message)s"))
+        logging.getLogger("ppdb_lc").addHandler(handler)
+        logging.getLogger("ppdb_lc").setLevel(logging.INFO)
     rules_ = {job.rule.name for job in workflow.dag.needrun_jobs()}
     if not rules_ & runs.WRITING_RULES:
         return
