@@ -170,7 +170,10 @@ def test_slurm_profile_matches_local_run(slurm_cluster: Path, tmp_path: Path) ->
     # the same collection as the local run
     got, want = _summary(slurm.collection), _summary(local.collection)
     assert len(got) > 0
-    assert slurm.published != local.published and slurm.published.name == local.published.name
+    from ppdb_lc.versions import VersionedCollection
+
+    ours, theirs = VersionedCollection(slurm.collection).current(), VersionedCollection(local.collection).current()
+    assert ours != theirs and ours.name == theirs.name
     assert got["diaObjectId"].tolist() == want["diaObjectId"].tolist()
     np.testing.assert_array_equal(got["ra"].to_numpy(), want["ra"].to_numpy())
     np.testing.assert_array_equal(got["dec"].to_numpy(), want["dec"].to_numpy())

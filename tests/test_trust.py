@@ -159,8 +159,11 @@ def test_reader_opened_before_weekly_computes_after_it(bootstrapped: Workspace):
     assert len(rows) == len(before)
     assert len(opened.id_search(values={"diaObjectId": some_id}).compute()) == (before["diaObjectId"] == some_id).sum()
     assert len(opened.cone_search(ra=ra, dec=dec, radius_arcsec=600).compute()) == cone_before
-    # a new reader sees the weekly: one row per object
+    # a new reader sees the weekly: one row per object; the top-level collection is valid HATS (hats, strict)
     assert read_collection(ws.collection)["diaObjectId"].is_unique
+    from hats.io.validation import is_valid_collection
+
+    assert is_valid_collection(ws.collection, strict=True)
 
 
 # -- 3, 4: corruption and bad rows -------------------------------------------------------------------------------

@@ -49,8 +49,11 @@ def job_log(path: str | Path | None) -> Iterator[None]:
                             format="%(asctime)s %(levelname)s %(name)s: %(message)s")
         try:
             yield
-        except Exception:
-            logging.getLogger("ppdb_lc").exception("job failed")
+        except Exception as err:
+            try:
+                logging.getLogger("ppdb_lc").exception("job failed")
+            finally:  # also where Snakemake shows it: the log may be unwritable (full disk)
+                print(f"job failed: {type(err).__name__}: {err} (log: {path})", file=old, flush=True)
             raise
         finally:
             sys.stderr = old

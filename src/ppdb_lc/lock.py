@@ -53,6 +53,14 @@ class Holder:
             return None
         if self.boot_id != _boot_id():
             return False  # the host rebooted since
+        if not Path("/proc/self/stat").exists():  # no procfs (macOS): the pid alone
+            try:
+                os.kill(self.pid, 0)
+            except ProcessLookupError:
+                return False
+            except PermissionError:
+                return True
+            return True
         return _process_start(self.pid) == self.pid_start
 
 
