@@ -8,10 +8,11 @@ copy of the published version and measures: write seconds (all files, one thread
 (median of ``--repeats``, settings alternated): ``open_catalog`` + ``id_search`` of 20 ids, a 0.5 deg
 ``cone_search`` at the field centre, and a full ``compute()``. Settings:
 
-- ``ours``: zstd (level 1 by Arrow's default), no dictionary, 100k-row groups, no page index;
+- ``plain``: zstd (level 1 by Arrow's default), no dictionary, 100k-row groups, no page index (used until
+  2026-12-03; the first results file calls it ``ours``);
 - ``hats``: ``hats.io.file_io.get_parquet_write_table_kwargs`` (zstd level 15, byte-stream-split floats, delta
   `_healpix_29`, dictionaries elsewhere, statistics, page index), as hats-import writes;
-- ``hats-zstd3``: the same with zstd level 3 (cheaper writes).
+- ``hats-zstd3``: the same with zstd level 3: ``catalog.write_options``, what the pipeline writes now.
 """
 
 from __future__ import annotations
@@ -43,7 +44,8 @@ def settings(schema) -> dict[str, dict]:
     from hats.io.file_io.file_io import get_parquet_write_table_kwargs
 
     hats = get_parquet_write_table_kwargs(schema)
-    return {"ours": dict(catalog.WRITE_OPTIONS), "hats": hats, "hats-zstd3": {**hats, "compression_level": 3}}
+    plain = {"compression": "zstd", "use_dictionary": False, "row_group_size": 100_000}  # before 2026-12-03
+    return {"plain": plain, "hats": hats, "hats-zstd3": catalog.write_options(schema)}
 
 
 def snakemake(root: Path, *args: str) -> None:

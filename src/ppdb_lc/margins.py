@@ -16,7 +16,6 @@ from pathlib import Path
 import cdshealpix.nested as cds
 import numpy as np
 import pyarrow as pa
-import pyarrow.parquet as pq
 from hats.pixel_math import HealpixPixel, get_margin
 from hats.pixel_math import healpix_shim as hp
 from hats.pixel_math.spatial_index import SPATIAL_INDEX_COLUMN, spatial_index_to_healpix
@@ -95,7 +94,7 @@ class MarginCollector:
             pixel = self.pixels[slot]
             path = catalog.pixel_file(margin_dir, pixel, file_name)
             if writer is None:
-                pq.write_table(table, path, **catalog.WRITE_OPTIONS)
+                catalog.write_leaf(table, path)
             else:
                 writer.write(table, path)
             counts[pixel] = table.num_rows

@@ -207,7 +207,7 @@ def revise(base_catalog: Path, pixels: Sequence[HealpixPixel], lookups: Lookups,
         relative = path.relative_to(base_catalog)
         target = out_catalog / relative
         target.parent.mkdir(parents=True, exist_ok=True)
-        pq.write_table(new, target, **catalog.WRITE_OPTIONS)
+        catalog.write_leaf(new, target)
         result.files_rewritten.append(str(relative))
         slot = pixels.index(pixel)
         hp_old = old[SPATIAL_INDEX_COLUMN].to_numpy()
@@ -315,6 +315,6 @@ def _revise_margins(changes: dict[str, dict[int, _MarginChange]], pixels: Sequen
             relative = path.relative_to(margin_dir)
             target = out_margin / relative
             target.parent.mkdir(parents=True, exist_ok=True)
-            pq.write_table(table, target, **catalog.WRITE_OPTIONS)
+            catalog.write_leaf(table, target)
             result.margin_files_rewritten.append(str(relative))
             result.margin_rows_delta += table.num_rows - old_rows
