@@ -116,3 +116,33 @@ def test_ledger_round_trip_and_batches(tmp_path, export):
     batches = plan_batches(found, read_ledger(tmp_path))
     assert [b.name for b in batches] == ["2026-11-20_2", "2026-11-21", "2026-11-22"]
     assert [c.chunk_id for c in batches[0].chunks] == [first_night[-1].chunk_id]
+
+
+def test_row_checks_name_the_row_and_are_cached_per_file_version(tmp_path):
+    import pandas as pd
+
+    objects = pd.DataFrame({"diaObjectId": [11, 12, 13], "validityStartMjdTai": [61000.0] * 3,
+                            "ra": [10.0, 360.0, 20.0], "dec": [-5.0, 0.0, 90.0]})
+    directory = write_chunk(tmp_path / "ppdb", 1795218000, {"DiaObject": objects})
+    manifest = directory / "manifest.json"
+    cache = tmp_path / "cache"
+    message = "1 row(s) with ra outside [0, 360) or not finite (first: diaObjectId 12, ra = 360.0)"
+    with pytest.raises(chunks.InvalidChunkError, match=message.replace("(", r"\(").replace(")", r"\)")
+                       .replace("[", r"\[")):
+        chunks.check_chunk(directory, manifest, row_cache=cache)
+    assert len(list(cache.iterdir())) == 1
+    calls = []
+    real = chunks.check_rows
+    chunks.check_rows = lambda *args: calls.append(args)
+    try:
+        with pytest.raises(chunks.InvalidChunkError, match="diaObjectId 12"):  # the cached verdict
+            chunks.check_chunk(directory, manifest, row_cache=cache)
+        assert calls == []
+    finally:
+        chunks.check_rows = real
+    # the export rewrites the file: checked again (a new verdict)
+    import shutil
+
+    shutil.rmtree(directory)
+    write_chunk(tmp_path / "ppdb", 1795218000, {"DiaObject": objects.assign(ra=[10.0, 359.9, 20.0])})
+    assert chunks.check_chunk(directory, manifest, row_cache=cache).rows("DiaObject") == 3

@@ -277,7 +277,37 @@ def check_rows(path: Path, table: str) -> None:
             )
 
 
-def check_chunk(directory: Path, manifest: Path) -> Chunk:
+def check_rows_cached(path: Path, table: str, cache_dir: Path | None) -> None:
+    """:func:`check_rows`, remembered per file (path, size, mtime) in ``cache_dir``: every Snakemake job parses the
+    workflow again, and a night's rows need not be read again by each (~180 ns per row on the benchmark export)."""
+    if cache_dir is None:
+        return check_rows(path, table)
+    stat = path.stat()
+    key = f"{path}|{stat.st_size}|{stat.st_mtime_ns}"
+    entry = Path(cache_dir) / f"{hashlib.sha256(key.encode()).hexdigest()[:32]}.json"
+    try:
+        verdict = json.loads(entry.read_text())
+    except (OSError, ValueError):
+        verdict = {}
+    if verdict.get("key") == key:
+        if verdict.get("error"):
+            raise InvalidChunkError(verdict["error"])
+        return None
+    error = None
+    try:
+        check_rows(path, table)
+    except InvalidChunkError as err:
+        error = str(err)
+    Path(cache_dir).mkdir(parents=True, exist_ok=True)
+    tmp = entry.with_suffix(f".{os.getpid()}.tmp")
+    tmp.write_text(json.dumps({"key": key, "error": error}))
+    os.replace(tmp, entry)
+    if error:
+        raise InvalidChunkError(error)
+    return None
+
+
+def check_chunk(directory: Path, manifest: Path, *, row_cache: Path | None = None) -> Chunk:
     """Build a :class:`Chunk` after checking every file against the manifest; raise InvalidChunkError if not.
 
     Counts, sizes, columns and types are checked here from the files' metadata, and ids and positions of every row
@@ -312,7 +342,7 @@ def check_chunk(directory: Path, manifest: Path) -> Chunk:
             raise InvalidChunkError(f"{path}: missing required column(s) {', '.join(missing)}")
         check_types(path, table, meta.schema.to_arrow_schema())
         if expected:
-            check_rows(path, table)
+            check_rows_cached(path, table, row_cache)
         if expected:
             files[table] = path
     updates = _update_file(directory, info)
@@ -345,7 +375,8 @@ def read_verified(chunk: Chunk, path: Path) -> bytes:
     return data
 
 
-def discover(root: Path, *, until: str | None = None, skip_ids: Iterable[int] = ()) -> Discovery:
+def discover(root: Path, *, until: str | None = None, skip_ids: Iterable[int] = (),
+             row_cache: Path | None = None) -> Discovery:
     """Walk ``root`` and classify every chunk not in ``skip_ids`` whose night is ``<= until``.
 
     Chunks already ingested (``skip_ids``) are not opened at all, so discovery cost grows with new chunks only.
@@ -368,7 +399,7 @@ def discover(root: Path, *, until: str | None = None, skip_ids: Iterable[int] = 
             incomplete.append((directory, "no manifest yet"))
             continue
         try:
-            complete.append(check_chunk(directory, manifest))
+            complete.append(check_chunk(directory, manifest, row_cache=row_cache))
         except InvalidChunkError as err:
             invalid.append((directory, str(err)))
     complete.sort(key=lambda chunk: chunk.chunk_id)

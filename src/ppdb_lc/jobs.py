@@ -75,13 +75,18 @@ def _end_process() -> None:
     os._exit(0)
 
 
-def chunks_from_manifests(manifests: Sequence[str | Path]) -> list[Chunk]:
-    """Re-read (and re-check) the chunks a job was planned with: their manifests are the job's inputs."""
-    return [check_chunk(Path(m).parent, Path(m)) for m in manifests]
+def chunks_from_manifests(manifests: Sequence[str | Path], config: dict[str, Any]) -> list[Chunk]:
+    """Re-read (and re-check) the chunks a job was planned with: their manifests are the job's inputs (per-row
+    checks come from the run's cache, see :func:`ppdb_lc.chunks.check_rows_cached`)."""
+    from ppdb_lc.planning import ROW_CHECKS
+
+    cache = Path(Settings.from_config(config).work_dir) / ROW_CHECKS
+    return [check_chunk(Path(m).parent, Path(m), row_cache=cache) for m in manifests]
 
 
-def _batch(name: str, night: str, manifests: Sequence[str], skipped: Sequence[str] = ()) -> Batch:
-    return Batch(name=name, night=night, chunks=chunks_from_manifests(manifests), skipped=tuple(skipped))
+def _batch(name: str, night: str, manifests: Sequence[str], config: dict[str, Any], skipped: Sequence[str] = ()
+           ) -> Batch:
+    return Batch(name=name, night=night, chunks=chunks_from_manifests(manifests, config), skipped=tuple(skipped))
 
 
 def _write_json(path: str | Path, data: dict) -> None:
@@ -95,7 +100,7 @@ def stage_dataset(manifests: Sequence[str], dataset: str, out_dir: str, config: 
 
     with job_log(log):
         faults.point("stage_dataset")
-        chunks = chunks_from_manifests(manifests)
+        chunks = chunks_from_manifests(manifests, config)
         stage.stage_dataset(chunks, dataset, Path(out_dir), Settings.from_config(config).keep_float64)
 
 
@@ -105,8 +110,9 @@ def ingest_batch(name: str, night: str, manifests: Sequence[str], staged: dict[s
 
     with job_log(log):
         faults.point("ingest_batch")
-        summary = nightly.ingest_batch(_batch(name, night, manifests, skipped), {k: Path(v) for k, v in staged.items()},
-                                       Path(build_dir), Settings.from_config(config))
+        batch = _batch(name, night, manifests, config, skipped)
+        summary = nightly.ingest_batch(batch, {k: Path(v) for k, v in staged.items()}, Path(build_dir),
+                                       Settings.from_config(config))
         _write_json(marker, summary)
 
 
@@ -116,7 +122,7 @@ def bootstrap(manifests: Sequence[str], staged: dict[str, str], scratch: str, ma
 
     with job_log(log):
         faults.point("bootstrap_collection")
-        batch = _batch(BOOTSTRAP, BOOTSTRAP, manifests)
+        batch = _batch(BOOTSTRAP, BOOTSTRAP, manifests, config)
         summary = rebuild.bootstrap(batch, {k: Path(v) for k, v in staged.items()}, Path(scratch),
                                     Settings.from_config(config), threads=threads)
         _write_json(marker, summary)

@@ -16,6 +16,7 @@ from ppdb_lc.settings import Settings
 from ppdb_lc.versions import VersionedCollection, version_label
 
 log = logging.getLogger(__name__)
+ROW_CHECKS = "row_checks"  # under work_dir: verdicts of the per-row checks of chunk files (chunks.check_rows_cached)
 
 
 @dataclass(frozen=True)
@@ -74,7 +75,8 @@ def make_plan(settings: Settings) -> Plan:
         empty = Discovery(complete=[], incomplete=[], invalid=[])
         return Plan(version=current.name if current else None, batches=[], discovery=empty,
                     export_error=f"PPDB export directory {settings.ppdb_dir} does not exist")
-    found = discover(settings.ppdb_dir, until=settings.until, skip_ids=[e.chunk_id for e in ledger])
+    found = discover(settings.ppdb_dir, until=settings.until, skip_ids=[e.chunk_id for e in ledger],
+                     row_cache=Path(settings.work_dir) / ROW_CHECKS)
     return Plan(
         version=current.name if current else None,
         batches=plan_batches(found.complete, ledger),

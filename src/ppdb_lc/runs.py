@@ -8,6 +8,7 @@ Work-directory layout (``work_dir``)::
     batches/<batch>/staged/<dataset>/     staging output of a pending batch (temporary, reused by a rerun)
     batches/<batch>/build/                ingest job's build directory (removed when committed)
     runs/<version>/<batch>.committed.json marker of a batch committed by the run planned on <version>
+    row_checks/                           cached verdicts of the per-row checks of chunk files (a week)
     weekly/compacted-<version>.json       marker of the weekly built from <version>
     logs/, benchmarks/                    per rule and job; kept
 
@@ -20,6 +21,7 @@ from __future__ import annotations
 
 import logging
 import shutil
+import time
 from collections.abc import Iterable
 from pathlib import Path
 
@@ -30,6 +32,9 @@ log = logging.getLogger(__name__)
 
 #: rules whose jobs write the collection or the work directory's batch state: a run with one of them takes the lock
 WRITING_RULES = frozenset({"stage_dataset", "ingest_batch", "bootstrap_collection", "compact_collection"})
+
+
+ROW_CHECKS_TTL_S = 7 * 86400
 
 
 class PlanChangedError(CollectionStateError):
@@ -77,8 +82,12 @@ def clean_work_dir(work_dir: Path, *, planned_version: str | None, pending: set[
             removed += [p for p in (batch_dir / "build", batch_dir / "scratch") if p.exists()]
     weekly = work_dir / "weekly"
     if weekly.is_dir():
+        marker = f"compacted-{planned_version}.json"
         removed += [p for p in weekly.iterdir()
-                    if p.name == "scratch" or (p.name.startswith("compacted-") and p.name != f"compacted-{planned_version}.json")]
+                    if p.name == "scratch" or (p.name.startswith("compacted-") and p.name != marker)]
+    checks = work_dir / "row_checks"  # verdicts of per-row checks: a week unused is history
+    if checks.is_dir():
+        removed += [p for p in checks.iterdir() if time.time() - p.stat().st_mtime > ROW_CHECKS_TTL_S]
     for path in removed:
         log.info("removing leftover %s", path)
         if path.is_dir():
