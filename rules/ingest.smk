@@ -6,6 +6,8 @@
 
 
 rule ingest_batch:
+    wildcard_constraints:
+        batch=r"\d{4}-\d{2}-\d{2}(_\d+)?",  # nights only: bootstrap's marker is made by bootstrap_collection
     input:
         unpack(lambda wc: staged(wc.batch)),
         previous=previous_commit,
