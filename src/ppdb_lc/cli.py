@@ -51,7 +51,12 @@ def load_settings(path: str | Path, overrides: Sequence[str] = ()) -> Settings:
 def _preview(args: argparse.Namespace) -> int:
     from ppdb_lc.preview import format_preview, preview
 
-    result = preview(load_settings(args.config, args.set))
+    try:
+        settings = load_settings(args.config, args.set)
+    except ValueError as err:  # a bad value, e.g. until=2026-13-45
+        print(f"ppdb-lc: {err}", file=sys.stderr)
+        return 2
+    result = preview(settings)
     print(json.dumps(result, indent=1) if args.json else format_preview(result))
     return 0
 
