@@ -36,7 +36,10 @@ def apply_overrides(config: dict[str, Any], overrides: Sequence[str]) -> dict[st
         node = config
         for part in parents:
             node = node.setdefault(part, {})
-        value = yaml.safe_load(text) if text else ""
+        try:
+            value = yaml.safe_load(text) if text else ""
+        except ValueError:  # YAML's date constructor on an impossible date (2026-13-45): the settings reject it
+            value = text
         node[leaf] = value if isinstance(value, (dict, list, bool, int, float, type(None))) else str(value)
     if config.get("until") is not None and not isinstance(config["until"], str):
         config["until"] = str(config["until"])  # a bare YAML date
