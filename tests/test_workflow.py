@@ -10,6 +10,7 @@ import astropy.units as u
 import numpy as np
 import pandas as pd
 import pytest
+from hats.catalog import PartitionInfo
 from hats.io.validation import is_valid_catalog
 from hats.pixel_math.healpix_shim import radec2pix
 
@@ -190,6 +191,10 @@ def test_bootstrap_dailies_weekly(workspace: Workspace, tmp_path_factory):
     ws.snakemake("weekly")
     weekly = read_collection(ws.collection)
     check_against_expectation(ws, weekly, one_row_per_object=True)
+    summary = json.loads(max((ws.collection / "ingest" / "batches").glob("weekly-*.json")).read_text())
+    pixels = PartitionInfo.read_from_dir(ws.collection / "dia_object_lc").get_healpix_pixels()
+    assert sorted(tuple(key) for key in summary["pixels"]) == sorted((p.order, p.pixel) for p in pixels)
+    assert summary["rows_folded"] == len(catalog) and summary["objects"] == len(weekly)
     check_layout(ws)
     cat = lsdb.open_catalog(ws.collection)
     assert cat.margin is not None
