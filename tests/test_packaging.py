@@ -12,6 +12,7 @@ import tomllib
 from pathlib import Path
 
 import pytest
+import yaml
 
 REPO = Path(__file__).resolve().parents[1]
 PACKAGE = REPO / "src" / "ppdb_lc"
@@ -72,6 +73,22 @@ def imported_distributions() -> set[str]:
     return distributions(sorted(PACKAGE.rglob("*.py")))
 
 
+def job_distributions() -> set[str]:
+    """What the jobs need: the imports of scripts/*.py and of every ppdb_lc module they reach."""
+    todo, seen = sorted((REPO / "scripts").glob("*.py")), set()
+    while todo:
+        path = todo.pop()
+        if path in seen:
+            continue
+        seen.add(path)
+        for name in imports(path):
+            if name.startswith("ppdb_lc."):
+                module = PACKAGE / f"{name.split('.')[1]}.py"
+                todo += [module] if module.exists() else []
+    assert PACKAGE / "nightly.py" in seen and PACKAGE / "report.py" in seen and PACKAGE / "cli.py" not in seen
+    return distributions(sorted(seen))
+
+
 def test_runtime_dependencies_are_what_the_package_imports() -> None:
     declared = pins(project()["dependencies"])
     imported = imported_distributions()
@@ -98,6 +115,61 @@ def test_installed_versions_are_the_pins() -> None:
     wrong = {name: (version, importlib.metadata.version(name)) for name, version in requirements().items()
              if importlib.metadata.version(name) != version}
     assert not wrong, wrong
+
+
+# conda-forge names that differ from the pip names (matplotlib-base: matplotlib without the Qt GUI)
+CONDA_TO_PIP = {"matplotlib-base": "matplotlib", "dask-core": "dask", "pytables": "tables"}
+
+
+def conda_env() -> tuple[str, dict]:
+    text = (REPO / "envs" / "ppdb_lc.yaml").read_text()
+    return text, yaml.safe_load(text)
+
+
+def test_conda_env_is_conda_forge_with_the_requirements_pins() -> None:
+    text, env = conda_env()
+    assert env["channels"] == ["conda-forge", "nodefaults"]
+    specs = env["dependencies"]
+    assert all(isinstance(spec, str) for spec in specs), "a pip: section (pip-only syntax, `-e ..`)"
+    assert not re.search(r"^\s*-\s*(-e\b|pip\b|pip:)", text, re.MULTILINE)
+    assert not any("[" in spec or spec.startswith("-") for spec in specs), specs
+    reqs, found = requirements(), {}
+    for spec in specs:
+        match = re.fullmatch(r"([A-Za-z0-9_.-]+)\s*==?\s*([0-9][^\s=<>!,*|]*)", spec)
+        assert match, f"not an exact conda pin: {spec!r}"
+        name, version = match.groups()
+        if name == "python":
+            assert version == "3.12"
+            continue
+        pip_name = CONDA_TO_PIP.get(name, name)
+        assert pip_name in reqs, f"{name} is not in requirements.txt"
+        assert version == reqs[pip_name], f"{name}={version} but requirements.txt pins {pip_name}=={reqs[pip_name]}"
+        found[pip_name] = version
+    # exactly what the jobs import: no snakemake or slurm plugins, no test-only packages, nothing missing
+    assert set(found) == job_distributions(), (sorted(found), sorted(job_distributions()))
+
+
+def test_job_scripts_import_the_package_from_this_checkout() -> None:
+    """As under --sdm conda: the env has the dependencies but not ppdb_lc, and Snakemake appends only its own
+    search path. Each adapter puts <repo>/src first, so its imports work wherever the env file was copied."""
+    site = [p for p in sys.path if p.endswith("site-packages")]
+    for script in sorted((REPO / "scripts").glob("*.py")):
+        code = (
+            "import sys, types, runpy\n"
+            f"sys.path.extend({site!r})  # without .pth files: no editable install of ppdb_lc\n"
+            "try:\n"
+            "    import ppdb_lc\n"
+            "    raise SystemExit('ppdb_lc importable without the script')\n"
+            "except ModuleNotFoundError:\n"
+            "    pass\n"
+            f"snakemake = types.SimpleNamespace(scriptdir={str(script.parent)!r})\n"
+            f"runpy.run_path({str(script)!r}, init_globals={{'snakemake': snakemake}}, run_name='job')\n"
+            "import ppdb_lc\n"
+            "print(ppdb_lc.__file__)\n"
+        )
+        proc = subprocess.run([sys.executable, "-S", "-c", code], capture_output=True, text=True, cwd="/")
+        assert proc.returncode == 0, f"{script.name}: {proc.stdout}{proc.stderr}"
+        assert proc.stdout.strip() == str(PACKAGE / "__init__.py"), script.name
 
 
 @pytest.mark.install
