@@ -1,4 +1,4 @@
-"""Parquet write settings of the catalog's leaf files: ours (``catalog.WRITE_OPTIONS``) vs. hats' defaults.
+"""Parquet write settings of the catalog's leaf files: the plain settings used before vs. hats' defaults.
 
     python benchmarks/parquet_settings.py --objects 50000 --nights 5 --out benchmarks/out/parquet
 

@@ -248,7 +248,7 @@ def main(argv: list[str] | None = None) -> int:
     profiled = nights[-1] if profile_svg is not None else None
     steps += [{"step": f"daily {night}" + (" (py-spy)" if night == profiled else ""), "wall_s": walls[night],
                "input_rows": rows[night], "rules": rule_figures(records, night)} for night in nights[1:]]
-    steps.append({"step": "weekly", "wall_s": walls["weekly"], "input_rows": int(weekly_summary["rows_in"]),
+    steps.append({"step": "weekly", "wall_s": walls["weekly"], "input_rows": int(weekly_summary["rows_folded"]),
                   "rules": rule_figures(records, weekly_batch)})
     steps.append({"step": "full rebuild", "wall_s": walls["full_rebuild"], "input_rows": sum(rows.values()),
                   "rules": rule_figures(full_records, "bootstrap")})
@@ -278,7 +278,7 @@ def main(argv: list[str] | None = None) -> int:
                      f"({queries_after[name]['rows']} rows)")
     lines.append(f"  id_search ids: {ids}; cone: ({spec.ra_center}, {spec.dec_center}) r=0.5 deg")
     lines.append(f"  catalog pixels before weekly {len(summaries[-2]['pixels']) if 'pixels' in summaries[-2] else '?'}"
-                 f", after {weekly_summary['pixels']}; rows before {weekly_summary['rows_in']}, after "
+                 f", after {len(weekly_summary['pixels'])}; rows before {weekly_summary['rows_folded']}, after "
                  f"{weekly_summary['objects']}")
     full_summary = json.loads((full / "ingest" / "batches" / "bootstrap.json").read_text())
     lines += ["", "inside the job (s; plan = keys + partitioning, fold = read/fold/write + margin rows, "

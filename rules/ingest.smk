@@ -2,10 +2,12 @@
 #   build: light curves nested into their objects by diaObjectId (orphans included), rows placed under the
 #          published partitioning (new pixels only outside coverage), margin and index rows;
 #   commit: a new collection version (hard links + the night's files + updated metadata and ledger), validated,
-#          then published by one atomic link switch.
+#          then published by one atomic switch of the top-level collection.properties.
 
 
 rule ingest_batch:
+    wildcard_constraints:
+        batch=r"\d{4}-\d{2}-\d{2}(_\d+)?",  # nights only: bootstrap's marker is made by bootstrap_collection
     input:
         unpack(lambda wc: staged(wc.batch)),
         previous=previous_commit,

@@ -1,7 +1,13 @@
 """Snakemake adapter: plots and table of the ingest history (see ppdb_lc.report)."""
 
-from ppdb_lc import report
-from ppdb_lc.jobs import job_log
+import sys
+from pathlib import Path
+
+# ppdb_lc from this checkout, whatever the job's environment (venv, or a conda env built from envs/ppdb_lc.yaml)
+sys.path.insert(0, str(Path(snakemake.scriptdir).parent / "src"))  # noqa: F821
+
+from ppdb_lc import report  # noqa: E402
+from ppdb_lc.jobs import job_log  # noqa: E402
 
 if __name__ == "__main__":
     with job_log(snakemake.log[0]):  # noqa: F821

@@ -318,6 +318,28 @@ def test_report_outputs(built: Built, tmp_path: Path) -> None:
     assert rows[0]["kind"] == "bootstrap" and rows[0]["nights"] == NIGHTS[0]
 
 
+def test_bootstrap_row_counts_its_input(built: Built, tmp_path: Path) -> None:
+    """The bootstrap row shows the rows read per dataset (from the export, with pandas) and its pixel count."""
+    data = read_export(built.ws.ppdb, [NIGHTS[0]])
+    expected = {ds: len(data[ds]) for ds in apdb.DATASETS}
+    assert all(n > 0 for n in expected.values())
+    summaries = report.load_summaries(sorted((built.ws.published / "ingest" / "batches").glob("*.json")))
+    boot = summaries[0]
+    assert boot["batch"] == "bootstrap" and boot["rows_in"] == expected
+    # "pixels" is the list of [order, pixel] after every commit, full builds and dailies alike
+    assert sorted(f"{o}/{p}" for o, p in boot["pixels"]) == sorted(built.bootstrap_pixels)
+    for summary in summaries:
+        assert isinstance(summary["pixels"], list) and all(len(key) == 2 for key in summary["pixels"])
+    row = report.summary_rows(summaries)[0]
+    assert {ds: row[f"{ds} in"] for ds in apdb.DATASETS} == expected
+    assert row["pixels touched"] == row["pixels created"] == len(built.bootstrap_pixels) > 1
+    table = report.write_summary_table(summaries, tmp_path / "nights.html").read_text()
+    line = next(line for line in table.splitlines() if line.startswith('<tr class="bootstrap">'))
+    cells = dict(zip(report.TABLE_COLUMNS, re.findall(r"<td[^>]*>(.*?)</td>", line), strict=True))
+    assert {ds: cells[f"{ds} in"] for ds in apdb.DATASETS} == {ds: f"{n:,}" for ds, n in expected.items()}
+    assert cells["pixels touched"] == cells["pixels created"] == str(len(built.bootstrap_pixels))
+
+
 def test_sky_plot_without_nightly_batch(built: Built, tmp_path: Path) -> None:
     summaries = report.load_summaries([built.ws.published / "ingest" / "batches" / "bootstrap.json"])
     path = report.plot_latest_night(summaries, tmp_path / "sky.png", built.ws.published / "dia_object_lc")

@@ -9,6 +9,7 @@ import astropy.units as u
 import numpy as np
 import pandas as pd
 import pytest
+from hats.catalog import PartitionInfo
 from hats.io.validation import is_valid_catalog
 from hats.pixel_math.healpix_shim import radec2pix
 
@@ -17,6 +18,7 @@ from conftest import (
     NIGHTS,
     Workspace,
     assert_margin_rows_border_their_pixels,
+    assert_no_exception,
     assert_rows_in_their_pixels,
     expected_catalog,
     expected_margin_rows,
@@ -144,11 +146,19 @@ def assert_verifier_passes(collection, out, rows: int) -> None:
 
 def test_bootstrap_dailies_weekly(workspace: Workspace, tmp_path_factory):
     ws = workspace
-    ws.snakemake("bootstrap", "--config", f"until={NIGHTS[0]}")
+    proc = ws.snakemake("bootstrap", "--config", f"until={NIGHTS[0]}")
+    assert_no_exception(proc.stderr)
     assert (ws.collection / "collection.properties").is_file() and ws.published.name == "v000001-bootstrap"
     assert_verifier_passes(ws.collection, tmp_path_factory.mktemp("verify"), len(read_collection(ws.collection)))
     check_against_expectation(ws, read_collection(ws.collection), one_row_per_object=True, nights=NIGHTS[:1])
     ws.snakemake("daily", "--config", f"until={NIGHTS[1]}")  # opens with the daytime dedup chunk
+    # the commit's strict validation no longer logs hats' expected "_metadata file does not exist." (once per
+    # catalog without _metadata); the log still has the job's own lines and hats' other messages
+    for log in (*(ws.work / "logs" / "bootstrap_collection").glob("*.log"),
+                *(ws.work / "logs" / "ingest_batch").glob(f"*/{NIGHTS[1]}.log")):
+        text = log.read_text()
+        assert "_metadata file does not exist" not in text, text
+        assert "Validating catalog at path" in text and "job done: peak RSS" in text
     check_against_expectation(ws, read_collection(ws.collection), one_row_per_object=False, nights=NIGHTS[:2])
     first_daily = json.loads((ws.published / "ingest" / "batches" / f"{NIGHTS[1]}.json").read_text())["updates"]
     assert first_daily["records_applied"]["close_diaobject_validity"] > 0 and not first_daily["records_pending"]
@@ -210,6 +220,10 @@ def test_bootstrap_dailies_weekly(workspace: Workspace, tmp_path_factory):
     weekly = read_collection(ws.collection)
     check_against_expectation(ws, weekly, one_row_per_object=True)
     assert_verifier_passes(ws.collection, tmp_path_factory.mktemp("verify"), len(weekly))
+    summary = json.loads(max((ws.published / "ingest" / "batches").glob("weekly-*.json")).read_text())
+    pixels = PartitionInfo.read_from_dir(ws.published / "dia_object_lc").get_healpix_pixels()
+    assert sorted(tuple(key) for key in summary["pixels"]) == sorted((p.order, p.pixel) for p in pixels)
+    assert summary["rows_folded"] == len(catalog) and summary["objects"] == len(weekly)
     check_layout(ws)
     cat = lsdb.open_catalog(ws.collection)
     assert cat.margin is not None

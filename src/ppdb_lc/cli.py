@@ -38,7 +38,10 @@ def apply_overrides(config: dict[str, Any], overrides: Sequence[str]) -> dict[st
         node = config
         for part in parents:
             node = node.setdefault(part, {})
-        value = yaml.safe_load(text) if text else ""
+        try:
+            value = yaml.safe_load(text) if text else ""
+        except ValueError:  # YAML's date constructor on an impossible date (2026-13-45): the settings reject it
+            value = text
         node[leaf] = value if isinstance(value, (dict, list, bool, int, float, type(None))) else str(value)
     if config.get("until") is not None and not isinstance(config["until"], str):
         config["until"] = str(config["until"])  # a bare YAML date
@@ -53,7 +56,12 @@ def load_settings(path: str | Path, overrides: Sequence[str] = ()) -> Settings:
 def _preview(args: argparse.Namespace) -> int:
     from ppdb_lc.preview import format_preview, preview
 
-    result = preview(load_settings(args.config, args.set))
+    try:
+        settings = load_settings(args.config, args.set)
+    except ValueError as err:  # a bad value, e.g. until=2026-13-45
+        print(f"ppdb-lc: {err}", file=sys.stderr)
+        return 2
+    result = preview(settings)
     print(json.dumps(result, indent=1) if args.json else format_preview(result))
     return 0
 

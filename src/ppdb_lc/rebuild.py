@@ -30,9 +30,11 @@ COMPACTED_FILE = "compacted.parquet"
 
 @dataclass(frozen=True)
 class BuildResult:
-    pixels: int
+    """What a full build wrote; its fields go into the batch summary (``ingest/batches/<label>.json``)."""
+
+    pixels: list[list[int]]  # [order, pixel] of every catalog pixel, as in the nightly summaries
     objects: int
-    rows_in: int
+    rows_folded: int  # light-curve rows folded into ``objects`` (per-dataset input counts: the summary's rows_in)
     rows_moved: int
     margin_rows: int
     step_seconds: dict[str, float]
@@ -74,9 +76,9 @@ def _build_collection(staging: Path, sources: list[compaction.Source], scratch: 
              margin_total)
     steps = list(clock)
     return BuildResult(
-        pixels=len(plan.pixels),
+        pixels=[[int(p.order), int(p.pixel)] for p in plan.pixels],
         objects=plan.objects,
-        rows_in=plan.rows_in,
+        rows_folded=plan.rows_in,
         rows_moved=plan.moved_rows,
         margin_rows=margin_total,
         step_seconds={b: round(clock[b] - clock[a], 3) for a, b in zip(steps, steps[1:], strict=False)},

@@ -383,6 +383,13 @@ TABLE_COLUMNS = [
 ]
 
 
+def _count(pixels: Any) -> int | None:
+    """Number of pixels of a summary field: a list or mapping of pixels (older full builds wrote the count)."""
+    if pixels is None or isinstance(pixels, int):
+        return pixels
+    return len(pixels)
+
+
 def summary_rows(summaries: Sequence[Summary]) -> list[dict[str, Any]]:
     """One table row per commit, ``None`` where a field does not apply."""
     rows = []
@@ -403,8 +410,8 @@ def summary_rows(summaries: Sequence[Summary]) -> list[dict[str, Any]]:
             "solar-system sources skipped": summary.get("solar_system_sources_skipped"),
             "catalog rows added/built": catalog_rows_added(summary),
             "catalog rows after": size,
-            "pixels touched": len(summary["pixels_touched"]) if "pixels_touched" in summary else summary.get("pixels"),
-            "pixels created": len(summary["pixels_created"]) if "pixels_created" in summary else summary.get("pixels"),
+            "pixels touched": _count(summary.get("pixels_touched", summary.get("pixels"))),
+            "pixels created": _count(summary.get("pixels_created", summary.get("pixels"))),
             "margin rows added": summary.get("margin_rows_added"),
             "build s": build,
             "commit s": commit,

@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
+from datetime import date
 from pathlib import Path
 from typing import Any
 
+_DAYOBS = re.compile(r"^\d{4}-\d{2}-\d{2}$")
 
 
 @dataclass(frozen=True)
@@ -23,6 +26,23 @@ class CollectionNames:
     @property
     def index(self) -> str:
         return f"{self.catalog}_{self.index_column}"
+
+
+def parse_until(value: Any) -> str | None:
+    """The ``until`` setting: ``None`` for no limit (``all``, empty or missing), else a real ``YYYY-MM-DD`` dayobs.
+
+    The schema only checks the shape, so ``2026-13-45`` would pass it and then never compare as intended: it is
+    rejected here, naming the key and the value.
+    """
+    if value is None or value in ("", "all"):
+        return None
+    text = value.isoformat() if isinstance(value, date) else str(value)
+    try:
+        if not _DAYOBS.match(text):
+            raise ValueError("not in YYYY-MM-DD form")
+        return date.fromisoformat(text).isoformat()
+    except ValueError as err:
+        raise ValueError(f"config until={text!r} is not a valid date (expected YYYY-MM-DD or 'all'): {err}") from None
 
 
 #: Columns kept float64 besides every ``*MjdTai`` column: positions and their errors, pixel coordinates.
@@ -49,12 +69,11 @@ class Settings:
     @classmethod
     def from_config(cls, config: dict[str, Any]) -> Settings:
         catalog = config.get("catalog", {})
-        until = config.get("until")
         return cls(
             ppdb_dir=Path(config["ppdb_dir"]),
             collection_dir=Path(config["collection_dir"]),
             work_dir=Path(config["work_dir"]),
-            until=None if until in (None, "", "all") else str(until),
+            until=parse_until(config.get("until")),
             names=CollectionNames(
                 catalog=catalog.get("name", "dia_object_lc"),
                 margin_arcsec=float(catalog.get("margin_threshold_arcsec", 10.0)),
