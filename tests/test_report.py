@@ -344,3 +344,60 @@ def test_preview_and_report_rules(built: Built) -> None:
     again = built.ws.snakemake("report_plots")
     assert "Nothing to be done" in again.stdout + again.stderr
     assert tree_digest(built.ws.collection) == before
+
+
+# -- light curves ----------------------------------------------------------------------------------------------
+def _catalog_points(catalog_dir: Path) -> tuple[pd.DataFrame, dict[str, pd.DataFrame]]:
+    """Object ids of every catalog row, and every nested point with its object id (pyarrow, no lsdb)."""
+    import pyarrow.compute as pc
+
+    files = [f for _, f in pixel_files(catalog_dir, PartitionInfo.read_from_dir(catalog_dir).get_healpix_pixels())]
+    ids, flat = [], {"diaSource": [], "diaForcedSource": []}
+    for path in files:
+        table = pq.read_table(path)
+        ids.append(table["diaObjectId"].to_numpy())
+        for name in flat:
+            column = table[name].combine_chunks()
+            lists = column.flatten()
+            parent = pc.list_parent_indices(lists[0]).to_numpy()
+            frame = pd.DataFrame({f.name: pc.list_flatten(child).to_numpy(zero_copy_only=False)
+                                  for f, child in zip(column.type, lists, strict=True)})
+            flat[name].append(frame.assign(diaObjectId=table["diaObjectId"].to_numpy()[parent]))
+    return (pd.DataFrame({"diaObjectId": np.concatenate(ids)}),
+            {name: pd.concat(frames, ignore_index=True) for name, frames in flat.items()})
+
+
+def test_cli_lightcurve(built: Built, capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
+    from ppdb_lc.lightcurve_plot import plot_lightcurve
+
+    catalog_dir = built.ws.published / "dia_object_lc"
+    rows, flat = _catalog_points(catalog_dir)
+    per_id = rows["diaObjectId"].value_counts()
+    object_id = int(per_id.index[0])
+    assert per_id.iloc[0] > 1  # an object seen on several nights: several rows to combine
+    expected: dict[str, dict[str, dict[str, int]]] = {}
+    for name, id_column in (("diaSource", "diaSourceId"), ("diaForcedSource", "diaForcedSourceId")):
+        pts = flat[name][flat[name]["diaObjectId"] == object_id].drop_duplicates(id_column)
+        pts = pts[np.isfinite(pts["psfFlux"].astype(float))]
+        expected[name] = {str(band): {"points": len(g), "withdrawn": int(g["timeWithdrawnMjdTai"].notna().sum())}
+                          for band, g in pts.groupby("band")}
+    assert sum(c["points"] for per in expected.values() for c in per.values()) > 0
+    out = tmp_path / "lc.png"
+    assert main(["lightcurve", str(built.ws.collection), str(object_id), "-o", str(out)]) == 0
+    assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and out.stat().st_size > 10_000
+    printed = capsys.readouterr().out
+    assert plot_lightcurve(built.ws.collection, object_id, tmp_path / "again.png") == expected
+    for band, c in expected["diaSource"].items():
+        assert f"{band} {c['points']} ({c['withdrawn']} withdrawn)" in printed
+    mags = plot_lightcurve(built.ws.collection, object_id, tmp_path / "mag.png", quantity="scienceMag")
+    for name in expected:
+        pts = flat[name][flat[name]["diaObjectId"] == object_id].drop_duplicates(NESTED_IDS[name])
+        assert sum(c["points"] for c in mags[name].values()) == int(pts["scienceMag"].notna().sum())
+
+    missing = int(rows["diaObjectId"].max()) + 12345
+    assert main(["lightcurve", str(built.ws.collection), str(missing), "-o", str(tmp_path / "none.png")]) == 1
+    assert f"diaObjectId {missing} is not in the collection" in capsys.readouterr().err
+    assert not (tmp_path / "none.png").exists()
+
+
+NESTED_IDS = {"diaSource": "diaSourceId", "diaForcedSource": "diaForcedSourceId"}
