@@ -338,7 +338,8 @@ def test_preview_and_report_rules(built: Built) -> None:
     assert expected in rerun.stdout and "Nothing to be done" not in rerun.stdout + rerun.stderr
     built.ws.snakemake("report_plots")
     folder = built.ws.work / "report"
-    names = ["latest_night_pixels.png", "catalog_size.png", "rule_benchmarks.png", "night_summaries.html"]
+    names = ["latest_night_pixels.png", "catalog_size.png", "rule_benchmarks.png", "example_lightcurves.png",
+             "night_summaries.html"]
     assert sorted(p.name for p in folder.iterdir()) == sorted(names)
     assert all((folder / n).stat().st_size > 2_000 for n in names)
     again = built.ws.snakemake("report_plots")

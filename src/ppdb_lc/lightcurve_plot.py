@@ -5,7 +5,8 @@ both ``diaSource`` and ``diaForcedSource`` carry for every point (it may be nega
 ``quantity="scienceFlux"`` draws the direct-image flux instead and ``quantity="scienceMag"`` its AB magnitude
 (``scienceMag`` ± ``scienceMagErr``, null where the science flux is not positive: such points are not drawn).
 x is ``midpointMjdTai``; one colour per ``band``; detections (``diaSource``) are filled circles, forced photometry
-(``diaForcedSource``) open squares; withdrawn points (``timeWithdrawnMjdTai`` not null) are drawn as grey crosses.
+(``diaForcedSource``) open squares; withdrawn points (``timeWithdrawnMjdTai`` not null) are crosses in the band's
+colour.
 
 An object not compacted yet has several rows (one per night it was seen); their points are combined and
 deduplicated by source id (``diaSourceId`` / ``diaForcedSourceId``), as weekly compaction does.
@@ -74,7 +75,8 @@ def plot_object(rows: pd.DataFrame, out: str | Path, *, quantity: str = "psfFlux
     own = ax is None
     fig, ax = plt.subplots(figsize=(9, 4.8)) if own else (ax.figure, ax)
     counts: dict[str, dict[str, dict[str, int]]] = {}
-    withdrawn_labelled = False
+    withdrawn_drawn = False
+    times: list[np.ndarray] = []
     for nested, marker, kind in (("diaSource", "o", "source"), ("diaForcedSource", "s", "forced")):
         flat = points(rows, nested)
         counts[nested] = {}
@@ -85,6 +87,7 @@ def plot_object(rows: pd.DataFrame, out: str | Path, *, quantity: str = "psfFlux
         time = pd.to_numeric(flat[TIME_COLUMN], errors="coerce").astype(float).to_numpy()
         withdrawn = flat[WITHDRAWN_COLUMN].notna().to_numpy() if WITHDRAWN_COLUMN in flat else np.zeros(len(flat), bool)
         drawn = np.isfinite(value) & np.isfinite(time)
+        times.append(time[drawn])
         bands = flat["band"].astype(str).to_numpy()
         for band in sorted(set(bands[drawn])):
             sel = drawn & (bands == band)
@@ -96,20 +99,29 @@ def plot_object(rows: pd.DataFrame, out: str | Path, *, quantity: str = "psfFlux
                             ms=5, capsize=2, lw=0.8, label=f"{band} {kind}")
             if gone.any():
                 ax.errorbar(time[gone], value[gone], yerr=np.where(np.isfinite(err[gone]), err[gone], 0), fmt="x",
-                            color="0.55", ms=7, capsize=2, lw=0.8, zorder=4,
-                            label=None if withdrawn_labelled else "withdrawn")
-                withdrawn_labelled = True
+                            color=color, alpha=0.6, ms=8, mew=2, capsize=2, lw=0.8, ls="none", zorder=4)
+                withdrawn_drawn = True
             counts[nested][band] = {"points": int(sel.sum()), "withdrawn": int(gone.sum())}
     if quantity == "scienceMag":
         ax.invert_yaxis()
     object_id = int(rows[OBJECT_ID].iloc[0])
     total = sum(c["points"] for per in counts.values() for c in per.values())
-    ax.set_title(title or f"diaObjectId {object_id}: {total} points from {len(rows)} catalog row(s)")
+    ax.set_title(title or f"diaObjectId {object_id}: {total} point(s) from {len(rows)} catalog row(s)")
     ax.set_xlabel(f"{TIME_COLUMN} [MJD, TAI]")
+    ax.ticklabel_format(axis="x", useOffset=False, style="plain")
     ax.set_ylabel(ylabel)
     ax.grid(alpha=0.3)
     if total:
-        ax.legend(fontsize=7, ncol=2, loc="best")
+        span = np.concatenate(times)
+        if span.max() - span.min() < 1:  # a single night: a readable time axis instead of matplotlib's +-5%
+            ax.set_xlim(span.min() - 0.5, span.max() + 0.5)
+        handles = ax.get_legend_handles_labels()[0]
+        if withdrawn_drawn:
+            from matplotlib.lines import Line2D
+
+            handles.append(Line2D([], [], marker="x", ls="none", color="0.4", ms=8, mew=2,
+                                  label="withdrawn (band colour)"))
+        ax.legend(handles=handles, fontsize=7, ncol=2, loc="best")
     else:
         ax.text(0.5, 0.5, "no points", ha="center", va="center", transform=ax.transAxes)
     if own:
