@@ -402,3 +402,44 @@ def test_cli_lightcurve(built: Built, capsys: pytest.CaptureFixture[str], tmp_pa
 
 
 NESTED_IDS = {"diaSource": "diaSourceId", "diaForcedSource": "diaForcedSourceId"}
+
+
+# -- plot labels ---------------------------------------------------------------------------------------------
+def test_weekly_labels_name_the_night_they_follow() -> None:
+    summaries = [
+        {"batch": "bootstrap", "nights": ["2026-11-19", "2026-11-20"]},
+        {"batch": "2026-11-21", "night": "2026-11-21", "base_version": "v000001-bootstrap"},
+        {"batch": "weekly-20261203T101500", "base_version": "v000002-2026-11-21"},
+        {"batch": "weekly-20261204T090000", "base_version": "v000003-weekly-20261203T101500"},
+        {"batch": "2026-11-22", "night": "2026-11-22", "base_version": "v000004-weekly-20261204T090000"},
+    ]
+    assert report.labels(summaries) == ["bootstrap", "2026-11-21", "weekly after 2026-11-21",
+                                        "weekly after 2026-11-21", "2026-11-22"]
+    assert all("2026-12-0" not in text for text in report.labels(summaries))  # never the job's run date
+    # alone: from the version it compacted, when that is a night
+    assert report.label(summaries[2]) == "weekly after 2026-11-21"
+    assert report.label(summaries[3]) == "weekly"
+    weekly_only = [{"batch": "bootstrap", "nights": ["2026-11-20"]}, summaries[2]]
+    assert report.labels(weekly_only) == ["bootstrap", "weekly after 2026-11-20"]
+
+
+def test_value_labels_avoid_the_line() -> None:
+    above, below = (0, 8, "center", "bottom"), (0, -10, "center", "top")
+    assert report.value_label_offset(None, 5, None) == above
+    assert report.value_label_offset(1, 5, 2) == above  # peak
+    assert report.value_label_offset(5, 5, 5) == above  # flat
+    assert report.value_label_offset(5, 1, 6) == below  # dip
+    assert report.value_label_offset(1, 5, 9) == (-6, 6, "right", "bottom")  # rising: upper left is free
+    assert report.value_label_offset(None, 5, 9) == (-6, 6, "right", "bottom")
+    assert report.value_label_offset(9, 5, 1) == (6, 6, "left", "bottom")  # falling: upper right is free
+    assert report.value_label_offset(9, 5, None) == (6, 6, "left", "bottom")
+
+
+def test_sky_map_says_when_a_weekly_repartitioned_since() -> None:
+    night = {"batch": "2026-11-22", "night": "2026-11-22", "base_version": "v000002-2026-11-21"}
+    weekly = {"batch": "weekly-20261203T101500", "base_version": "v000003-2026-11-22", "pixels": 17}
+    assert report.repartition_note([{"batch": "bootstrap"}, night]) is None
+    note = report.repartition_note([{"batch": "bootstrap"}, night, weekly])
+    assert note is not None and "weekly compaction has repartitioned" in note and "now 17 pixels" in note
+    later = {"batch": "2026-11-23", "night": "2026-11-23", "base_version": "v000004-weekly-20261203T101500"}
+    assert report.repartition_note([{"batch": "bootstrap"}, night, weekly, later]) is None
