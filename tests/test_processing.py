@@ -145,3 +145,15 @@ def test_margin_targets_equal_hats_get_margin():
     assert got == expected and len(got) > 0
     with pytest.raises(ValueError, match="margin order"):
         margins.margin_order(3600.0, [HealpixPixel(8, 0)])
+
+
+def test_latest_per_object_tie_break():
+    ids = np.array([7, 7, 8, 7, 8, 9, 9])
+    version = np.array([3.0, 5.0, 1.0, 5.0, -np.inf, -np.inf, -np.inf])  # 7: tie at 5; 9: two orphan rows
+    assert postprocess.latest_per_object(ids, version).tolist() == [3, 2, 6]  # ties: the later row
+    hp29 = np.array([0, 9, 0, 1, 0, 4, 2])
+    assert postprocess.latest_per_object(ids, version, hp29).tolist() == [1, 2, 5]  # ties: greatest hp29 first
+    t = conformed("DiaObject", diaObjectId=[7, 7, 8], validityStartMjdTai=[5.0, 5.0, None], ra=[1.0, 2.0, 3.0],
+                  dec=[0.0] * 3)
+    assert postprocess.latest_versions(t)["ra"].to_pylist() == [2.0, 3.0]
+
