@@ -443,3 +443,30 @@ def test_sky_map_says_when_a_weekly_repartitioned_since() -> None:
     assert note is not None and "weekly compaction has repartitioned" in note and "now 17 pixels" in note
     later = {"batch": "2026-11-23", "night": "2026-11-23", "base_version": "v000004-weekly-20261203T101500"}
     assert report.repartition_note([{"batch": "bootstrap"}, night, weekly, later]) is None
+
+
+def test_plot_object_combines_rows_and_marks_withdrawn(tmp_path: Path) -> None:
+    from ppdb_lc.lightcurve_plot import plot_object
+
+    def src(ids, bands, withdrawn, mag):
+        n = len(ids)
+        return pd.DataFrame({"diaSourceId": ids, "midpointMjdTai": 61000.0 + np.arange(n), "band": bands,
+                             "psfFlux": np.full(n, 100.0), "psfFluxErr": np.full(n, 5.0), "scienceMag": mag,
+                             "scienceMagErr": np.full(n, 0.1), "timeWithdrawnMjdTai": withdrawn})
+
+    forced = pd.DataFrame({"diaForcedSourceId": [9], "midpointMjdTai": [61005.0], "band": ["r"], "psfFlux": [1.0],
+                           "psfFluxErr": [1.0], "scienceMag": [np.nan], "scienceMagErr": [np.nan],
+                           "timeWithdrawnMjdTai": [np.nan]})
+    rows = pd.DataFrame({  # two nightly rows of one object; source 2 is in both (a re-emitted copy)
+        "diaObjectId": [5, 5],
+        "diaSource": [src([1, 2], ["g", "r"], [np.nan, 61010.0], [20.0, 21.0]),
+                      src([2, 3, 4], ["r", "g", "g"], [61010.0, np.nan, np.nan], [21.0, np.nan, 22.0])],
+        "diaForcedSource": [None, forced],
+    })
+    counts = plot_object(rows, tmp_path / "lc.png")
+    assert counts == {"diaSource": {"g": {"points": 3, "withdrawn": 0}, "r": {"points": 1, "withdrawn": 1}},
+                      "diaForcedSource": {"r": {"points": 1, "withdrawn": 0}}}
+    assert (tmp_path / "lc.png").stat().st_size > 10_000
+    mags = plot_object(rows, tmp_path / "mag.png", quantity="scienceMag")  # null magnitudes are not drawn
+    assert mags == {"diaSource": {"g": {"points": 2, "withdrawn": 0}, "r": {"points": 1, "withdrawn": 1}},
+                    "diaForcedSource": {}}
