@@ -4,7 +4,8 @@
 #   preview       also where the pending rows would go: existing pixels receiving files and new pixels; printed
 #                 and copied to <work_dir>/preview.txt. The rule has no declared output, so it runs every time.
 #   report_plots  sky map of the latest night, catalog size over nights, per-rule runtime/memory, night table,
-#                 under <work_dir>/report/; then `snakemake --report report.html` collects them.
+#                 light curves of a few example objects (read with lsdb id_search), under <work_dir>/report/;
+#                 then `snakemake --report report.html` collects them.
 from ppdb_lc.report import batch_summary_files, published_catalog_dir
 
 
@@ -51,6 +52,12 @@ rule report_plots:
             category="Performance",
             labels={"figure": "per-rule runtime and peak memory"},
         ),
+        examples=report(
+            work("report", "example_lightcurves.png"),
+            caption="../report/example_lightcurves.rst",
+            category="Ingest",
+            labels={"figure": "example light curves"},
+        ),
         table=report(
             work("report", "night_summaries.html"),
             caption="../report/night_summaries.rst",
@@ -60,6 +67,7 @@ rule report_plots:
     params:
         benchmark_root=work("benchmarks"),
         catalog_dir=lambda wildcards: published_catalog_dir(SETTINGS.collection_dir, SETTINGS.names.catalog),
+        collection_dir=str(SETTINGS.collection_dir),
     log:
         work("logs", "report_plots.log"),
     conda:

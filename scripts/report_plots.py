@@ -6,7 +6,7 @@ from pathlib import Path
 # ppdb_lc from this checkout, whatever the job's environment (venv, or a conda env built from envs/ppdb_lc.yaml)
 sys.path.insert(0, str(Path(snakemake.scriptdir).parent / "src"))  # noqa: F821
 
-from ppdb_lc import report  # noqa: E402
+from ppdb_lc import lightcurve_plot, report  # noqa: E402
 from ppdb_lc.jobs import job_log  # noqa: E402
 
 if __name__ == "__main__":
@@ -17,4 +17,9 @@ if __name__ == "__main__":
             sky=snakemake.output.sky, size=snakemake.output.size,  # noqa: F821
             benchmarks=snakemake.output.benchmarks, table=snakemake.output.table,  # noqa: F821
             catalog_dir=snakemake.params.catalog_dir,  # noqa: F821
+        )
+        lightcurve_plot.plot_examples(
+            snakemake.params.collection_dir,  # noqa: F821
+            lightcurve_plot.example_object_ids(snakemake.params.catalog_dir),  # noqa: F821
+            snakemake.output.examples,  # noqa: F821
         )

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import astropy.units as u
 import numpy as np
 import pyarrow as pa
@@ -145,3 +147,51 @@ def test_margin_targets_equal_hats_get_margin():
     assert got == expected and len(got) > 0
     with pytest.raises(ValueError, match="margin order"):
         margins.margin_order(3600.0, [HealpixPixel(8, 0)])
+
+
+def test_latest_per_object_tie_break():
+    ids = np.array([7, 7, 8, 7, 8, 9, 9])
+    version = np.array([3.0, 5.0, 1.0, 5.0, -np.inf, -np.inf, -np.inf])  # 7: tie at 5; 9: two orphan rows
+    assert postprocess.latest_per_object(ids, version).tolist() == [3, 2, 6]  # ties: the later row
+    hp29 = np.array([0, 9, 0, 1, 0, 4, 2])
+    assert postprocess.latest_per_object(ids, version, hp29).tolist() == [1, 2, 5]  # ties: greatest hp29 first
+    t = conformed("DiaObject", diaObjectId=[7, 7, 8], validityStartMjdTai=[5.0, 5.0, None], ra=[1.0, 2.0, 3.0],
+                  dec=[0.0] * 3)
+    assert postprocess.latest_versions(t)["ra"].to_pylist() == [2.0, 3.0]
+
+
+#: config/config.yaml values that deliberately differ from the schema default (demo scale)
+DEMO_SETTINGS = {("catalog", "pixel_threshold"): 250}
+
+
+def test_settings_defaults_match_schema():
+    import yaml
+
+    from ppdb_lc.settings import Settings
+
+    root = Path(__file__).resolve().parents[1]
+    schema = yaml.safe_load((root / "config" / "schema.yaml").read_text())
+    props, cat = schema["properties"], schema["properties"]["catalog"]["properties"]
+    defaults = Settings.from_config({"ppdb_dir": "p", "collection_dir": "c", "work_dir": "w"})
+    assert defaults == Settings(Path("p"), Path("c"), Path("w"))  # from_config falls back on the field defaults
+    assert props["until"]["default"] == "all" and defaults.until is None
+    assert defaults.names.catalog == cat["name"]["default"]
+    assert defaults.names.margin_arcsec == cat["margin_threshold_arcsec"]["default"]
+    assert defaults.pixel_threshold == cat["pixel_threshold"]["default"]
+    assert defaults.highest_healpix_order == cat["highest_healpix_order"]["default"]
+    assert list(defaults.skymap_alt_orders) == cat["skymap_alt_orders"]["default"]
+    assert list(defaults.keep_float64) == cat["keep_float64"]["default"]
+    assert defaults.keep_versions == props["keep_versions"]["default"]
+    assert defaults.validate_commits == props["validate_commits"]["default"]
+    assert defaults.on_invalid_chunk == props["on_invalid_chunk"]["default"]
+    # every schema property with a default is checked above or is the demo section (jobs.py reads it validated)
+    checked = {"until", "keep_versions", "validate_commits", "on_invalid_chunk", "catalog", "demo"}
+    assert {k for k, v in props.items() if "default" in v} <= checked
+    # config/config.yaml: schema defaults, except the listed demo settings
+    config = yaml.safe_load((root / "config" / "config.yaml").read_text())
+    for section in ("catalog", "demo"):
+        for key, value in config[section].items():
+            expected = DEMO_SETTINGS.get((section, key), props[section]["properties"][key]["default"])
+            assert value == expected, (section, key)
+    for key in ("until", "keep_versions", "validate_commits", "on_invalid_chunk"):
+        assert config[key] == props[key]["default"], key

@@ -360,9 +360,135 @@ def test_preview_and_report_rules(built: Built) -> None:
     assert expected in rerun.stdout and "Nothing to be done" not in rerun.stdout + rerun.stderr
     built.ws.snakemake("report_plots")
     folder = built.ws.work / "report"
-    names = ["latest_night_pixels.png", "catalog_size.png", "rule_benchmarks.png", "night_summaries.html"]
+    names = ["latest_night_pixels.png", "catalog_size.png", "rule_benchmarks.png", "example_lightcurves.png",
+             "night_summaries.html"]
     assert sorted(p.name for p in folder.iterdir()) == sorted(names)
     assert all((folder / n).stat().st_size > 2_000 for n in names)
     again = built.ws.snakemake("report_plots")
     assert "Nothing to be done" in again.stdout + again.stderr
     assert tree_digest(built.ws.collection) == before
+
+
+# -- light curves ----------------------------------------------------------------------------------------------
+def _catalog_points(catalog_dir: Path) -> tuple[pd.DataFrame, dict[str, pd.DataFrame]]:
+    """Object ids of every catalog row, and every nested point with its object id (pyarrow, no lsdb)."""
+    import pyarrow.compute as pc
+
+    files = [f for _, f in pixel_files(catalog_dir, PartitionInfo.read_from_dir(catalog_dir).get_healpix_pixels())]
+    ids, flat = [], {"diaSource": [], "diaForcedSource": []}
+    for path in files:
+        table = pq.read_table(path)
+        ids.append(table["diaObjectId"].to_numpy())
+        for name in flat:
+            column = table[name].combine_chunks()
+            lists = column.flatten()
+            parent = pc.list_parent_indices(lists[0]).to_numpy()
+            frame = pd.DataFrame({f.name: pc.list_flatten(child).to_numpy(zero_copy_only=False)
+                                  for f, child in zip(column.type, lists, strict=True)})
+            flat[name].append(frame.assign(diaObjectId=table["diaObjectId"].to_numpy()[parent]))
+    return (pd.DataFrame({"diaObjectId": np.concatenate(ids)}),
+            {name: pd.concat(frames, ignore_index=True) for name, frames in flat.items()})
+
+
+def test_cli_lightcurve(built: Built, capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
+    from ppdb_lc.lightcurve_plot import plot_lightcurve
+
+    catalog_dir = built.ws.published / "dia_object_lc"
+    rows, flat = _catalog_points(catalog_dir)
+    per_id = rows["diaObjectId"].value_counts()
+    object_id = int(per_id.index[0])
+    assert per_id.iloc[0] > 1  # an object seen on several nights: several rows to combine
+    expected: dict[str, dict[str, dict[str, int]]] = {}
+    for name, id_column in (("diaSource", "diaSourceId"), ("diaForcedSource", "diaForcedSourceId")):
+        pts = flat[name][flat[name]["diaObjectId"] == object_id].drop_duplicates(id_column)
+        pts = pts[np.isfinite(pts["psfFlux"].astype(float))]
+        expected[name] = {str(band): {"points": len(g), "withdrawn": int(g["timeWithdrawnMjdTai"].notna().sum())}
+                          for band, g in pts.groupby("band")}
+    assert sum(c["points"] for per in expected.values() for c in per.values()) > 0
+    out = tmp_path / "lc.png"
+    assert main(["lightcurve", str(built.ws.collection), str(object_id), "-o", str(out)]) == 0
+    assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and out.stat().st_size > 10_000
+    printed = capsys.readouterr().out
+    assert plot_lightcurve(built.ws.collection, object_id, tmp_path / "again.png") == expected
+    for band, c in expected["diaSource"].items():
+        assert f"{band} {c['points']} ({c['withdrawn']} withdrawn)" in printed
+    mags = plot_lightcurve(built.ws.collection, object_id, tmp_path / "mag.png", quantity="scienceMag")
+    for name in expected:
+        pts = flat[name][flat[name]["diaObjectId"] == object_id].drop_duplicates(NESTED_IDS[name])
+        assert sum(c["points"] for c in mags[name].values()) == int(pts["scienceMag"].notna().sum())
+
+    missing = int(rows["diaObjectId"].max()) + 12345
+    assert main(["lightcurve", str(built.ws.collection), str(missing), "-o", str(tmp_path / "none.png")]) == 1
+    assert f"diaObjectId {missing} is not in the collection" in capsys.readouterr().err
+    assert not (tmp_path / "none.png").exists()
+
+
+NESTED_IDS = {"diaSource": "diaSourceId", "diaForcedSource": "diaForcedSourceId"}
+
+
+# -- plot labels ---------------------------------------------------------------------------------------------
+def test_weekly_labels_name_the_night_they_follow() -> None:
+    summaries = [
+        {"batch": "bootstrap", "nights": ["2026-11-19", "2026-11-20"]},
+        {"batch": "2026-11-21", "night": "2026-11-21", "base_version": "v000001-bootstrap"},
+        {"batch": "weekly-20261203T101500", "base_version": "v000002-2026-11-21"},
+        {"batch": "weekly-20261204T090000", "base_version": "v000003-weekly-20261203T101500"},
+        {"batch": "2026-11-22", "night": "2026-11-22", "base_version": "v000004-weekly-20261204T090000"},
+    ]
+    assert report.labels(summaries) == ["bootstrap", "2026-11-21", "weekly after 2026-11-21",
+                                        "weekly after 2026-11-21", "2026-11-22"]
+    assert all("2026-12-0" not in text for text in report.labels(summaries))  # never the job's run date
+    # alone: from the version it compacted, when that is a night
+    assert report.label(summaries[2]) == "weekly after 2026-11-21"
+    assert report.label(summaries[3]) == "weekly"
+    weekly_only = [{"batch": "bootstrap", "nights": ["2026-11-20"]}, summaries[2]]
+    assert report.labels(weekly_only) == ["bootstrap", "weekly after 2026-11-20"]
+
+
+def test_value_labels_avoid_the_line() -> None:
+    above, below = (0, 8, "center", "bottom"), (0, -10, "center", "top")
+    assert report.value_label_offset(None, 5, None) == above
+    assert report.value_label_offset(1, 5, 2) == above  # peak
+    assert report.value_label_offset(5, 5, 5) == above  # flat
+    assert report.value_label_offset(5, 1, 6) == below  # dip
+    assert report.value_label_offset(1, 5, 9) == (-6, 6, "right", "bottom")  # rising: upper left is free
+    assert report.value_label_offset(None, 5, 9) == (-6, 6, "right", "bottom")
+    assert report.value_label_offset(9, 5, 1) == (6, 6, "left", "bottom")  # falling: upper right is free
+    assert report.value_label_offset(9, 5, None) == (6, 6, "left", "bottom")
+
+
+def test_sky_map_says_when_a_weekly_repartitioned_since() -> None:
+    night = {"batch": "2026-11-22", "night": "2026-11-22", "base_version": "v000002-2026-11-21"}
+    weekly = {"batch": "weekly-20261203T101500", "base_version": "v000003-2026-11-22", "pixels": 17}
+    assert report.repartition_note([{"batch": "bootstrap"}, night]) is None
+    note = report.repartition_note([{"batch": "bootstrap"}, night, weekly])
+    assert note is not None and "weekly compaction has repartitioned" in note and "now 17 pixels" in note
+    later = {"batch": "2026-11-23", "night": "2026-11-23", "base_version": "v000004-weekly-20261203T101500"}
+    assert report.repartition_note([{"batch": "bootstrap"}, night, weekly, later]) is None
+
+
+def test_plot_object_combines_rows_and_marks_withdrawn(tmp_path: Path) -> None:
+    from ppdb_lc.lightcurve_plot import plot_object
+
+    def src(ids, bands, withdrawn, mag):
+        n = len(ids)
+        return pd.DataFrame({"diaSourceId": ids, "midpointMjdTai": 61000.0 + np.arange(n), "band": bands,
+                             "psfFlux": np.full(n, 100.0), "psfFluxErr": np.full(n, 5.0), "scienceMag": mag,
+                             "scienceMagErr": np.full(n, 0.1), "timeWithdrawnMjdTai": withdrawn})
+
+    forced = pd.DataFrame({"diaForcedSourceId": [9], "midpointMjdTai": [61005.0], "band": ["r"], "psfFlux": [1.0],
+                           "psfFluxErr": [1.0], "scienceMag": [np.nan], "scienceMagErr": [np.nan],
+                           "timeWithdrawnMjdTai": [np.nan]})
+    rows = pd.DataFrame({  # two nightly rows of one object; source 2 is in both (a re-emitted copy)
+        "diaObjectId": [5, 5],
+        "diaSource": [src([1, 2], ["g", "r"], [np.nan, 61010.0], [20.0, 21.0]),
+                      src([2, 3, 4], ["r", "g", "g"], [61010.0, np.nan, np.nan], [21.0, np.nan, 22.0])],
+        "diaForcedSource": [None, forced],
+    })
+    counts = plot_object(rows, tmp_path / "lc.png")
+    assert counts == {"diaSource": {"g": {"points": 3, "withdrawn": 0}, "r": {"points": 1, "withdrawn": 1}},
+                      "diaForcedSource": {"r": {"points": 1, "withdrawn": 0}}}
+    assert (tmp_path / "lc.png").stat().st_size > 10_000
+    mags = plot_object(rows, tmp_path / "mag.png", quantity="scienceMag")  # null magnitudes are not drawn
+    assert mags == {"diaSource": {"g": {"points": 2, "withdrawn": 0}, "r": {"points": 1, "withdrawn": 1}},
+                    "diaForcedSource": {}}

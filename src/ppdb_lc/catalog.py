@@ -113,16 +113,6 @@ class BackgroundWriter:
         self.finish()
 
 
-def read_pixel(catalog_dir: Path, pixel: HealpixPixel, schema: pa.Schema, columns: list[str] | None = None) -> pa.Table:
-    """All files of one leaf pixel directory, cast to ``schema``."""
-    directory = Path(paths.pixel_catalog_file(catalog_dir, pixel, npix_suffix="/").path)
-    files = sorted(directory.glob("*.parquet"))
-    tables = [pq.read_table(f, schema=schema, columns=columns) for f in files]
-    if not tables:
-        return (schema if columns is None else pa.schema([schema.field(c) for c in columns])).empty_table()
-    return pa.concat_tables(tables)
-
-
 def pixel_files(catalog_dir: Path, pixels: Iterable[HealpixPixel]) -> list[tuple[HealpixPixel, Path]]:
     out = []
     for pixel in pixels:

@@ -2,6 +2,7 @@
 
     ppdb-lc preview --config config/config.yaml [--set key=value ...] [--json]
     ppdb-lc summary COLLECTION [--catalog NAME]
+    ppdb-lc lightcurve COLLECTION DIAOBJECTID [-o FILE.png] [--quantity psfFlux|scienceFlux|scienceMag]
     ppdb-lc rollback COLLECTION [--keep N]     publish the previous version again (ledger included)
     ppdb-lc unlock COLLECTION [--force]        clear the lock of a run that is gone
 
@@ -151,6 +152,22 @@ def _summary(args: argparse.Namespace) -> int:
     return 0
 
 
+def _lightcurve(args: argparse.Namespace) -> int:
+    from ppdb_lc.lightcurve_plot import ObjectNotFoundError, plot_lightcurve
+
+    out = Path(args.output or f"lightcurve_{args.object_id}.png")
+    try:
+        counts = plot_lightcurve(args.collection, args.object_id, out, quantity=args.quantity)
+    except (ObjectNotFoundError, FileNotFoundError) as err:
+        print(f"ppdb-lc: {err}", file=sys.stderr)
+        return 1
+    for nested, bands in counts.items():
+        text = ", ".join(f"{band} {c['points']} ({c['withdrawn']} withdrawn)" for band, c in bands.items())
+        print(f"{nested}: {text or 'no points'}")
+    print(f"wrote {out}")
+    return 0
+
+
 def _rollback(args: argparse.Namespace) -> int:
     from ppdb_lc import catalog, lock
     from ppdb_lc.versions import CollectionStateError, VersionedCollection
@@ -194,6 +211,13 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("collection", help="collection directory (what users open with lsdb)")
     s.add_argument("--catalog", default=None, help="main catalog name (default: the collection's primary table)")
     s.set_defaults(func=_summary)
+    lc = sub.add_parser("lightcurve", help="plot one object's light curves per band (read with lsdb id_search)")
+    lc.add_argument("collection", help="collection directory (what users open with lsdb)")
+    lc.add_argument("object_id", type=int, metavar="DIAOBJECTID")
+    lc.add_argument("-o", "--output", default=None, help="PNG to write (default: lightcurve_<id>.png)")
+    lc.add_argument("--quantity", default="psfFlux", choices=["psfFlux", "scienceFlux", "scienceMag"],
+                    help="what to draw (default psfFlux: the difference-image flux every point has)")
+    lc.set_defaults(func=_lightcurve)
     r = sub.add_parser("rollback", help="publish the version before the published one again, ledger included")
     r.add_argument("collection", help="collection directory")
     r.add_argument("--keep", type=int, default=2, help="published versions to keep (>= 2; default 2)")

@@ -30,7 +30,7 @@ from hats.pixel_math import HealpixPixel
 from hats.pixel_math.spatial_index import SPATIAL_INDEX_COLUMN
 from hats.pixel_tree.pixel_tree import PixelTree
 
-from ppdb_lc import lightcurves, partitioning
+from ppdb_lc import lightcurves, partitioning, postprocess
 from ppdb_lc.stash import DEFAULT_MEMORY_LIMIT, Stash
 
 log = logging.getLogger(__name__)
@@ -91,7 +91,7 @@ class Compaction:
         ids = all_keys[lightcurves.OBJECT_ID].to_numpy()
         hp29 = all_keys[SPATIAL_INDEX_COLUMN].to_numpy()
         version = pc.fill_null(all_keys[lightcurves.VERSION_COLUMN], -np.inf).to_numpy()
-        latest = lightcurves.latest_per_object(ids, version, hp29)
+        latest = postprocess.latest_per_object(ids, version, hp29)
         # Each object's latest row (ids ascending) decides its pixel: the folded row is that same row.
         self.object_ids, self.object_healpix29 = ids[latest], hp29[latest]
         self.objects = len(latest)

@@ -153,26 +153,14 @@ def pack(points: pa.Table, rows: np.ndarray, n_rows: int, struct_type: pa.Struct
     return pa.StructArray.from_arrays(children, fields=list(struct_type), mask=pa.array(counts == 0))
 
 
-def latest_per_object(ids: np.ndarray, version: np.ndarray, healpix29: np.ndarray) -> np.ndarray:
-    """Row index of each object's latest row, objects in ascending id order.
-
-    Latest = greatest ``validityStartMjdTai`` (pass nulls as ``-inf``: orphan rows lose to any real version);
-    ties are broken by position so that every caller picks the same row.
-    """
-    order = np.lexsort((healpix29, version, ids))
-    sorted_ids = ids[order]
-    last = np.ones(len(order), dtype=bool)
-    last[:-1] = sorted_ids[1:] != sorted_ids[:-1]
-    return order[last]
-
-
 def fold(table: pa.Table, schema: pa.Schema, keep: np.ndarray | None = None) -> pa.Table:
     """Fold all rows of each ``diaObjectId`` into one, output sorted by ``(_healpix_29, diaObjectId)``.
 
-    Object columns come from the row with the greatest ``validityStartMjdTai`` (orphan rows, which have none,
-    lose to any real version). Light curves are the union of all rows' points, deduplicated by source id and
-    sorted by ``midpointMjdTai``. ``keep`` (boolean per row) folds only those rows, without copying the table
-    first. Vectorized: one sort per nested column, no per-object work.
+    Object columns come from the latest row (:func:`postprocess.latest_per_object`: greatest
+    ``validityStartMjdTai``, orphan rows lose to any real version; ties: greatest ``_healpix_29``, then later row).
+    Light curves are the union of all rows' points, deduplicated by source id and sorted by ``midpointMjdTai``.
+    ``keep`` (boolean per row) folds only those rows, without copying the table first. Vectorized: one sort per
+    nested column, no per-object work.
     """
     if not table.schema.equals(schema):
         table = table.cast(schema)
@@ -182,7 +170,7 @@ def fold(table: pa.Table, schema: pa.Schema, keep: np.ndarray | None = None) -> 
     ids = table[OBJECT_ID].to_numpy()
     hp29 = table[SPATIAL_INDEX_COLUMN].to_numpy()
     version = pc.fill_null(table[VERSION_COLUMN], -np.inf).to_numpy()
-    latest = selected[latest_per_object(ids[selected], version[selected], hp29[selected])]
+    latest = selected[postprocess.latest_per_object(ids[selected], version[selected], hp29[selected])]
     object_ids = ids[latest]  # ascending
     out = latest[np.lexsort((object_ids, hp29[latest]))]  # output rows in (position, id) order
     out_row_of_object = np.argsort(ids[out], kind="stable")  # k-th smallest id -> its output row

@@ -10,6 +10,7 @@ import logging
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from ppdb_lc.apdb import DATASETS
 from ppdb_lc.chunks import Discovery, dayobs, discover
 from ppdb_lc.ledger import BOOTSTRAP, Batch, plan_batches, read_ledger
 from ppdb_lc.settings import Settings
@@ -52,7 +53,7 @@ class Plan:
     def describe(self) -> str:
         lines = [f"collection version: {self.version or '(none yet)'}"]
         for batch in self.batches:
-            rows = ", ".join(f"{ds} {batch.rows(ds)}" for ds in ("DiaObject", "DiaSource", "DiaForcedSource"))
+            rows = ", ".join(f"{ds} {batch.rows(ds)}" for ds in DATASETS)
             lines.append(f"pending night {batch.night} as batch {batch.name}: {len(batch.chunks)} chunks ({rows} rows)")
         if not self.batches:
             lines.append("no new complete chunks")

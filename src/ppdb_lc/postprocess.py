@@ -44,17 +44,31 @@ def conform(table: pa.Table, dataset: str, *, source: str = "") -> pa.Table:
     return pa.Table.from_arrays(arrays, schema=target)
 
 
+def latest_per_object(ids: np.ndarray, version: np.ndarray, *tiebreak: np.ndarray) -> np.ndarray:
+    """Row index of each object's latest row, objects in ascending id order: *the* definition of "latest version".
+
+    Latest = greatest ``version`` (``validityStartMjdTai``; pass nulls as ``-inf``, so that orphan rows, which have
+    none, lose to any real version). Ties are broken by the ``tiebreak`` keys in order (greatest wins; the catalog
+    passes ``_healpix_29``) and then by position: the later row wins. Deterministic, and every caller picks the same
+    row for the same input.
+    """
+    ids = np.asarray(ids)
+    if len(ids) == 0:
+        return np.array([], dtype=np.int64)
+    order = np.lexsort((np.arange(len(ids)), *reversed(tiebreak), np.asarray(version, dtype=np.float64), ids))
+    sorted_ids = ids[order]
+    last = np.ones(len(order), dtype=bool)
+    last[:-1] = sorted_ids[1:] != sorted_ids[:-1]
+    return order[last]
+
+
 def latest_versions(objects: pa.Table) -> pa.Table:
-    """One row per ``diaObjectId``: the version with the greatest ``validityStartMjdTai`` (ties: last row)."""
+    """One row per ``diaObjectId`` (ascending): its latest version, by :func:`latest_per_object` (ties: later row)."""
     if objects.num_rows == 0:
         return objects
-    order = pc.sort_indices(
-        objects, sort_keys=[("diaObjectId", "ascending"), ("validityStartMjdTai", "ascending")]
-    )
-    ids = objects["diaObjectId"].take(order).to_numpy()
-    last = np.ones(len(ids), dtype=bool)
-    last[:-1] = ids[1:] != ids[:-1]
-    return objects.take(order.to_numpy()[last])
+    ids = objects["diaObjectId"].to_numpy(zero_copy_only=False)
+    version = pc.fill_null(objects["validityStartMjdTai"].cast(pa.float64()), -np.inf).to_numpy(zero_copy_only=False)
+    return objects.take(pa.array(latest_per_object(ids, version)))
 
 
 def first_copies(table: pa.Table, dataset: str) -> pa.Table:

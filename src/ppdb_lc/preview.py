@@ -6,10 +6,9 @@ created. Placement runs the pipeline's own :func:`partitioning.partition` on the
 catalog's ``skymap_order`` and ``settings.pixel_threshold``, exactly as :func:`nightly.build_batch` does.
 
 The positions are computed from the ``ra``, ``dec`` and ``diaObjectId`` columns of the pending chunk files only
-(no staging, no nesting), so two details are approximated:
+(no staging, no nesting). Objects are placed at their latest version by the pipeline's own definition,
+:func:`postprocess.latest_per_object` (greatest ``validityStartMjdTai``). One detail is approximated:
 
-* an object with several versions in one night is placed at its *last* version in chunk/file order (the pipeline
-  takes the greatest ``validityStartMjdTai``; the export writes versions in that order);
 * an orphan row (an id with sources or forced sources but no object version that night) is placed at its last
   forced-source position in chunk/file order, else at the mean position of its sources (the pipeline orders the
   forced sources by ``midpointMjdTai``).
@@ -36,7 +35,8 @@ from hats.pixel_math.spatial_index import compute_spatial_index
 
 from ppdb_lc import apdb, partitioning
 from ppdb_lc.chunks import Chunk
-from ppdb_lc.lightcurves import OBJECT_ID
+from ppdb_lc.lightcurves import OBJECT_ID, VERSION_COLUMN
+from ppdb_lc.postprocess import latest_per_object
 from ppdb_lc.planning import make_plan
 from ppdb_lc.settings import Settings
 from ppdb_lc.versions import VersionedCollection
@@ -50,33 +50,44 @@ def pixel_key(pixel: HealpixPixel) -> str:
 
 
 def read_positions(chunks: Sequence[Chunk], dataset: str) -> pd.DataFrame:
-    """``diaObjectId``, ``ra``, ``dec`` of every row of ``dataset`` in ``chunks`` (chunk order), null ids dropped."""
+    """``diaObjectId``, ``ra``, ``dec`` of every row of ``dataset`` in ``chunks`` (chunk order), null ids dropped.
+
+    ``DiaObject`` rows also carry ``validityStartMjdTai`` (null as ``-inf``).
+    """
+    columns = [*POSITION_COLUMNS, VERSION_COLUMN] if dataset == "DiaObject" else POSITION_COLUMNS
+    types = {OBJECT_ID: pa.int64(), "ra": pa.float64(), "dec": pa.float64(), VERSION_COLUMN: pa.float64()}
+    schema = pa.schema([(name, types[name]) for name in columns])
     tables = []
     for chunk in sorted(chunks, key=lambda c: c.chunk_id):
         path = chunk.files.get(dataset)
         if path is not None:
-            table = pq.read_table(path, columns=POSITION_COLUMNS)
-            tables.append(table.filter(pc.is_valid(table[OBJECT_ID])).cast(
-                pa.schema([(OBJECT_ID, pa.int64()), ("ra", pa.float64()), ("dec", pa.float64())])))
+            table = pq.read_table(path, columns=columns)
+            tables.append(table.filter(pc.is_valid(table[OBJECT_ID])).cast(schema))
     if not tables:
-        return pd.DataFrame({OBJECT_ID: np.array([], np.int64), "ra": np.array([]), "dec": np.array([])})
-    return pa.concat_tables(tables).to_pandas()
+        return schema.empty_table().to_pandas()
+    frame = pa.concat_tables(tables).to_pandas()
+    if VERSION_COLUMN in frame:
+        frame[VERSION_COLUMN] = frame[VERSION_COLUMN].fillna(-np.inf)
+    return frame
 
 
 def night_positions(chunks: Sequence[Chunk]) -> pd.DataFrame:
-    """One row per catalog row the night would add: ``diaObjectId``, ``ra``, ``dec``, ``orphan`` (bool).
+    """One row per catalog row the night would add: ``diaObjectId``, ``ra``, ``dec``, ``orphan`` (bool),
+    ``validityStartMjdTai`` (``-inf`` for orphans).
 
-    Objects: the last version of each id in chunk order. Orphans: ids of sources/forced sources without an object
-    version in these chunks, at their last forced-source position, else the mean of their source positions.
+    Objects: the latest version of each id (:func:`postprocess.latest_per_object`). Orphans: ids of
+    sources/forced sources without an object version in these chunks, at their last forced-source position, else
+    the mean of their source positions.
     """
-    objects = read_positions(chunks, "DiaObject").drop_duplicates(OBJECT_ID, keep="last")
+    objects = read_positions(chunks, "DiaObject")
+    objects = objects.iloc[latest_per_object(objects[OBJECT_ID].to_numpy(), objects[VERSION_COLUMN].to_numpy())]
     known = set(objects[OBJECT_ID].to_numpy().tolist())
     forced = read_positions(chunks, "DiaForcedSource")
     forced = forced[~forced[OBJECT_ID].isin(known)].drop_duplicates(OBJECT_ID, keep="last")
     sources = read_positions(chunks, "DiaSource")
     sources = sources[~sources[OBJECT_ID].isin(known) & ~sources[OBJECT_ID].isin(forced[OBJECT_ID])]
     sources = sources.groupby(OBJECT_ID, as_index=False)[["ra", "dec"]].mean()
-    orphans = pd.concat([forced, sources], ignore_index=True)
+    orphans = pd.concat([forced, sources], ignore_index=True).assign(**{VERSION_COLUMN: -np.inf})
     rows = pd.concat([objects.assign(orphan=False), orphans.assign(orphan=True)], ignore_index=True)
     return rows.sort_values(OBJECT_ID, kind="stable").reset_index(drop=True)
 
@@ -105,13 +116,16 @@ def _sorted(counts: dict[str, int]) -> dict[str, int]:
 
 
 def _bootstrap_rows(per_night: list[pd.DataFrame]) -> pd.DataFrame:
-    """One row per object over several nights: its latest object version, else its latest orphan position."""
+    """One row per object over several nights: its latest row as the bootstrap's fold picks it.
+
+    :func:`postprocess.latest_per_object` over the nights' rows in night order (orphans lose to any object
+    version; ties: greatest ``_healpix_29``, then the later night).
+    """
     if not per_night:
         return pd.DataFrame(columns=[*POSITION_COLUMNS, "orphan"])
-    rows = pd.concat([r.assign(seq=i) for i, r in enumerate(per_night)], ignore_index=True)
-    rows = rows.assign(rank=np.where(rows["orphan"], 0, 1))  # orphan rows lose to any object version
-    rows = rows.sort_values([OBJECT_ID, "rank", "seq"], kind="stable").drop_duplicates(OBJECT_ID, keep="last")
-    return rows.drop(columns=["seq", "rank"]).reset_index(drop=True)
+    rows = pd.concat(per_night, ignore_index=True)
+    latest = latest_per_object(rows[OBJECT_ID].to_numpy(), rows[VERSION_COLUMN].to_numpy(), healpix29(rows))
+    return rows.iloc[latest].drop(columns=[VERSION_COLUMN]).reset_index(drop=True)
 
 
 def preview(settings: Settings) -> dict[str, Any]:

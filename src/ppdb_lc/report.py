@@ -21,13 +21,14 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from ppdb_lc.apdb import DATASETS
 from ppdb_lc.versions import VERSION_NAME as _VERSION
 
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
 
 Summary = dict[str, Any]
-_DATASETS = ("DiaObject", "DiaSource", "DiaForcedSource")
+_DATASETS = DATASETS  # the one definition is apdb.DATASETS (name kept for summary_rows)
 _RULE_COLORS = {
     "stage_dataset DiaObject": "#9ecae1",
     "stage_dataset DiaSource": "#4292c6",
@@ -90,13 +91,38 @@ def load_summaries(paths: Iterable[str | Path]) -> list[Summary]:
     return sorted(summaries, key=lambda s: (commit_number(s), str(s["batch"])))
 
 
-def label(summary: Summary) -> str:
-    """Short axis label of a commit: the night, ``bootstrap`` or ``weekly YYYY-MM-DD``."""
+def nights_of(summary: Summary) -> list[str]:
+    """The nights a commit ingested (daily: its night; bootstrap: all it built from; weekly: none)."""
+    if kind(summary) == "weekly":
+        return []
+    return list(summary.get("nights") or ([summary["night"]] if "night" in summary else [summary["batch"]]))
+
+
+def label(summary: Summary, after_night: str | None = None) -> str:
+    """Short axis label of a commit: the night, ``bootstrap`` or ``weekly after <night>``.
+
+    A weekly is labelled by the night it follows (``after_night``: the last night ingested before it, see
+    :func:`labels`; else the night of the version it compacted), not by the date its job ran.
+    """
     name = str(summary["batch"])
     if kind(summary) == "weekly":
-        stamp = name.removeprefix("weekly-")
-        return f"weekly {stamp[:4]}-{stamp[4:6]}-{stamp[6:8]}" if len(stamp) >= 8 else name
+        if after_night is None:
+            match = _VERSION.match(str(summary.get("base_version", "")))
+            base = match.group(2) if match else ""
+            after_night = base if re.fullmatch(r"\d{4}-\d{2}-\d{2}", base) else None
+        return f"weekly after {after_night}" if after_night else "weekly"
     return name
+
+
+def labels(summaries: Sequence[Summary]) -> list[str]:
+    """Axis labels of commits in order, each weekly named after the last night ingested before it."""
+    out, last_night = [], None
+    for summary in summaries:
+        out.append(label(summary, last_night))
+        nights = nights_of(summary)
+        if nights:
+            last_night = max(nights)
+    return out
 
 
 def catalog_rows_added(summary: Summary) -> int:
@@ -116,6 +142,23 @@ def catalog_sizes(summaries: Sequence[Summary]) -> list[int]:
 def latest_night(summaries: Sequence[Summary]) -> Summary | None:
     nights = [s for s in summaries if kind(s) == "daily"]
     return nights[-1] if nights else None
+
+
+def repartition_note(summaries: Sequence[Summary]) -> str | None:
+    """A note for the latest-night sky map when weekly compactions came after that night, else ``None``.
+
+    The map shows the catalog's partitioning right after the night; a later weekly repartitioned it.
+    """
+    night = latest_night(summaries)
+    if night is None:
+        return None
+    position = max(i for i, s in enumerate(summaries) if s is night)
+    weeklies = [s for s in summaries[position + 1:] if kind(s) == "weekly"]
+    if not weeklies:
+        return None
+    pixels = weeklies[-1].get("pixels")
+    current = f" (now {pixels} pixels)" if isinstance(pixels, int) else ""
+    return (f"pixels as after that night: a weekly compaction has repartitioned the catalog since{current}")
 
 
 def _pixels_from_keys(keys: Iterable[str]) -> list[tuple[int, int]]:
@@ -227,13 +270,20 @@ def catalog_pixel_rows(catalog_dir: Path) -> dict[str, int]:
 
 
 def plot_latest_night(summaries: Sequence[Summary], out: Path, catalog_dir: Path | None = None) -> Path:
-    """Rows added per pixel by the latest committed night (else rows per pixel of the current catalog)."""
+    """Rows added per pixel by the latest committed night (else rows per pixel of the current catalog).
+
+    The pixels are those of the catalog right after that night; if a weekly repartitioned the catalog since,
+    the title says so (:func:`repartition_note`).
+    """
     night = latest_night(summaries)
     if night is not None:
         added = sum(night["pixels_touched"].values())
         created = [f"{o}/{p}" for o, p in night.get("pixels_created", [])]
         title = (f"Rows added per pixel, night {night['night']} (batch {night['batch']})\n"
                  f"{added} rows into {len(night['pixels_touched'])} pixels, {len(created)} new")
+        note = repartition_note(summaries)
+        if note:
+            title += "\n" + note
         return plot_sky(night["pixels_touched"], out, title=title, colorbar_label="rows added",
                         all_pixels=[f"{o}/{p}" for o, p in night.get("pixels", [])], created=created)
     if catalog_dir is not None and Path(catalog_dir).is_dir():
@@ -252,7 +302,7 @@ def plot_catalog_size(summaries: Sequence[Summary], out: Path) -> Path:
     plt = _pyplot()
     if not summaries:
         return _empty_plot(out, "Catalog size", "no batch summary")
-    labels = [label(s) for s in summaries]
+    ticks = labels(summaries)
     sizes = catalog_sizes(summaries)
     added = [catalog_rows_added(s) for s in summaries]
     colors = [{"daily": "#fd8d3c", "bootstrap": "#31a354", "weekly": "#756bb1"}[kind(s)] for s in summaries]
@@ -260,14 +310,16 @@ def plot_catalog_size(summaries: Sequence[Summary], out: Path) -> Path:
     fig, ax = plt.subplots(figsize=(max(6.0, 0.7 * len(x) + 3), 4.8))
     ax.bar(x, added, color=colors, alpha=0.55, width=0.6)
     ax.plot(x, sizes, color="black", marker="o", label="catalog rows after commit")
-    for xi, size in zip(x, sizes, strict=True):
-        ax.annotate(f"{size:,}", (xi, size), textcoords="offset points", xytext=(0, 8), ha="center", fontsize=8,
-                    bbox={"boxstyle": "round,pad=0.15", "fc": "white", "alpha": 0.8, "lw": 0})
-    ax.set_xticks(x, labels, rotation=45, ha="right")
+    for i, (xi, size) in enumerate(zip(x, sizes, strict=True)):
+        dx, dy, ha, va = value_label_offset(sizes[i - 1] if i else None, size,
+                                            sizes[i + 1] if i + 1 < len(sizes) else None)
+        ax.annotate(f"{size:,}", (xi, size), textcoords="offset points", xytext=(dx, dy), ha=ha, va=va, fontsize=8,
+                    zorder=5, bbox={"boxstyle": "round,pad=0.15", "fc": "white", "alpha": 0.8, "lw": 0})
+    ax.set_xticks(x, ticks, rotation=45, ha="right")
     ax.set_xlabel("commit (night, or full build)")
     ax.set_ylabel("rows")
     ax.yaxis.set_major_formatter(FuncFormatter(lambda value, _: f"{value:,.0f}"))
-    ax.set_ylim(0, max(sizes) * 1.15 if max(sizes) else 1)
+    ax.set_ylim(0, max(sizes) * 1.2 if max(sizes) else 1)
     ax.set_title("Catalog size over nights")
     ax.legend(handles=[
         *ax.get_legend_handles_labels()[0],
@@ -277,6 +329,26 @@ def plot_catalog_size(summaries: Sequence[Summary], out: Path) -> Path:
     ], fontsize=8, loc="upper left")
     ax.grid(axis="y", alpha=0.3)
     return _save(fig, out)
+
+
+def value_label_offset(before: float | None, value: float, after: float | None) -> tuple[int, int, str, str]:
+    """Where to put a point's value label, away from the line through its neighbours.
+
+    ``(dx, dy, ha, va)`` in offset points: above a peak or a flat stretch, below a dip, to the upper left where
+    the line rises through the point (it comes from the lower left and leaves to the upper right) and to the upper
+    right where it falls.
+    """
+    up_from = before is not None and before < value  # the line arrives from below
+    down_from = before is not None and before > value
+    up_to = after is not None and after > value  # the line leaves upwards
+    down_to = after is not None and after < value
+    if (up_from and up_to) or (before is None and up_to):
+        return (-6, 6, "right", "bottom")
+    if (down_from and down_to) or (before is None and down_to) or (down_from and after is None):
+        return (6, 6, "left", "bottom")
+    if down_from and up_to:
+        return (0, -10, "center", "top")
+    return (0, 8, "center", "bottom")
 
 
 # -- benchmarks ----------------------------------------------------------------------------------------------
@@ -377,7 +449,7 @@ def plot_benchmarks(records: Sequence[BenchmarkRecord], out: Path) -> Path:
 
 # -- table ---------------------------------------------------------------------------------------------------
 TABLE_COLUMNS = [
-    "version", "batch", "kind", "nights", "chunks", "chunks skipped", *[f"{ds} in" for ds in _DATASETS], "orphan rows",
+    "version", "batch", "kind", "nights", "chunks", "chunks skipped", *[f"{ds} in" for ds in DATASETS], "orphan rows",
     "solar-system sources skipped", "catalog rows added/built", "catalog rows after", "pixels touched",
     "pixels created", "margin rows added", "build s", "commit s", "total s",
 ]

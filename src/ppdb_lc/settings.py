@@ -1,4 +1,11 @@
-"""Pipeline settings: the validated Snakemake config, typed."""
+"""Pipeline settings: the validated Snakemake config, typed.
+
+Defaults: ``config/schema.yaml`` is the one source users read (Snakemake's ``validate`` fills its defaults into
+the config). The defaults below (dataclass fields, used by :meth:`Settings.from_config` for missing keys, e.g. a
+config built by hand) mirror it; ``tests/test_processing.py::test_settings_defaults_match_schema`` fails if they
+drift apart, or if ``config/config.yaml`` sets a value other than the schema default without being listed there
+as a deliberate demo setting.
+"""
 
 from __future__ import annotations
 
@@ -9,7 +16,6 @@ from pathlib import Path
 from typing import Any
 
 _DAYOBS = re.compile(r"^\d{4}-\d{2}-\d{2}$")
-
 
 @dataclass(frozen=True)
 class CollectionNames:
@@ -69,20 +75,21 @@ class Settings:
     @classmethod
     def from_config(cls, config: dict[str, Any]) -> Settings:
         catalog = config.get("catalog", {})
+        names, defaults = CollectionNames(), cls(Path(), Path(), Path())
         return cls(
             ppdb_dir=Path(config["ppdb_dir"]),
             collection_dir=Path(config["collection_dir"]),
             work_dir=Path(config["work_dir"]),
             until=parse_until(config.get("until")),
             names=CollectionNames(
-                catalog=catalog.get("name", "dia_object_lc"),
-                margin_arcsec=float(catalog.get("margin_threshold_arcsec", 10.0)),
+                catalog=catalog.get("name", names.catalog),
+                margin_arcsec=float(catalog.get("margin_threshold_arcsec", names.margin_arcsec)),
             ),
-            pixel_threshold=int(catalog.get("pixel_threshold", 1_000_000)),
-            highest_healpix_order=int(catalog.get("highest_healpix_order", 8)),
-            skymap_alt_orders=tuple(catalog.get("skymap_alt_orders", (2, 4, 6))),
-            keep_float64=tuple(catalog.get("keep_float64", DEFAULT_KEEP_FLOAT64)),
-            keep_versions=int(config.get("keep_versions", 2)),
-            validate_commits=bool(config.get("validate_commits", True)),
-            on_invalid_chunk=str(config.get("on_invalid_chunk", "error")),
+            pixel_threshold=int(catalog.get("pixel_threshold", defaults.pixel_threshold)),
+            highest_healpix_order=int(catalog.get("highest_healpix_order", defaults.highest_healpix_order)),
+            skymap_alt_orders=tuple(catalog.get("skymap_alt_orders", defaults.skymap_alt_orders)),
+            keep_float64=tuple(catalog.get("keep_float64", defaults.keep_float64)),
+            keep_versions=int(config.get("keep_versions", defaults.keep_versions)),
+            validate_commits=bool(config.get("validate_commits", defaults.validate_commits)),
+            on_invalid_chunk=str(config.get("on_invalid_chunk", defaults.on_invalid_chunk)),
         )
