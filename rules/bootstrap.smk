@@ -16,7 +16,7 @@ rule bootstrap_collection:  # the `run` wildcard: a fresh name per bootstrap run
         work("benchmarks", "bootstrap_collection", "{run}.tsv")
     threads: 2
     resources:
-        mem_mb=4000,
+        mem_mb=bootstrap_mem_mb,
         runtime=120,
     conda:
         "../envs/ppdb_lc.yaml"

@@ -9,7 +9,7 @@ from snakemake.exceptions import WorkflowError
 from snakemake.utils import validate
 
 from ppdb_lc.apdb import DATASETS
-from ppdb_lc import runs
+from ppdb_lc import runs, sizing
 from ppdb_lc.planning import make_plan
 from ppdb_lc.settings import Settings
 from ppdb_lc.stage import UPDATES
@@ -34,6 +34,7 @@ print(PLAN.describe())  # what this run would do, also shown by `snakemake -n`
 wildcard_constraints:
     batch=r"bootstrap|\d{4}-\d{2}-\d{2}(_\d+)?",
     run=r"v\d{6}-[^/]+|new-\d+",
+    part=r"\d+",
     dataset="|".join(STAGED),
 
 
@@ -45,13 +46,43 @@ def batch_of(name):
     return BOOTSTRAP if name == "bootstrap" else BATCHES[name]
 
 
+def stage_parts(batch, dataset):
+    """The batch's chunks in staging jobs (groups of consecutive chunks of one night, sizing.rows_per_stage_job)."""
+    found = batch_of(batch)
+    return found.stage_parts(dataset, SETTINGS.rows_per_stage_job) if found is not None else []
+
+
 def manifests(wildcards):
-    """The chunk manifests of a batch: the inputs of its staging jobs."""
+    """The chunk manifests of a batch: the inputs of its ingest or bootstrap job."""
     return [str(chunk.manifest) for chunk in batch_of(wildcards.batch).chunks]
 
 
+def part_chunks(wildcards):
+    return stage_parts(wildcards.batch, wildcards.dataset)[int(wildcards.part)]
+
+
+def part_manifests(wildcards):
+    """The chunk manifests of one staging job: its inputs."""
+    return [str(chunk.manifest) for chunk in part_chunks(wildcards)]
+
+
+# Memory requests (SLURM mem_mb) per job, from the rows it reads (ppdb_lc.sizing: measured peak RSS per row).
+def stage_mem_mb(wildcards):
+    return sizing.STAGE.request_mb(sum(chunk.rows(wildcards.dataset) for chunk in part_chunks(wildcards)))
+
+
+def ingest_mem_mb(wildcards):
+    return sizing.INGEST.request_mb(sum(batch_of(wildcards.batch).rows(ds) for ds in DATASETS))
+
+
+def bootstrap_mem_mb(wildcards):
+    return sizing.BOOTSTRAP.request_mb(sum(BOOTSTRAP.rows(ds) for ds in DATASETS) if BOOTSTRAP else 0)
+
+
 def staged(batch):
-    return {ds: work("batches", batch, "staged", ds) for ds in STAGED}
+    """Staged parts of a batch, per dataset (the update records: one part)."""
+    return {ds: [work("batches", batch, "staged", ds, f"part{i:03d}") for i in range(len(stage_parts(batch, ds)))]
+            for ds in STAGED}
 
 
 def committed(batch, run=RUN):

@@ -25,7 +25,7 @@ rule ingest_batch:
         work("benchmarks", "ingest_batch", "{run}", "{batch}.tsv")
     threads: 1
     resources:
-        mem_mb=2000,
+        mem_mb=ingest_mem_mb,
         runtime=30,
     conda:
         "../envs/ppdb_lc.yaml"

@@ -60,6 +60,7 @@ class Workspace:
         config = yaml.safe_load((REPO / "config" / "config.yaml").read_text())
         config.update(ppdb_dir=str(self.ppdb), collection_dir=str(self.collection), work_dir=str(self.work))
         config["catalog"]["pixel_threshold"] = 120
+        config["sharding"]["rows_per_stage_job"] = 600  # the larger nights are staged in 2-3 jobs per dataset
         config.update(overrides)
         self.configfile.write_text(yaml.safe_dump(config))
 

@@ -161,7 +161,7 @@ def test_latest_per_object_tie_break():
 
 
 #: config/config.yaml values that deliberately differ from the schema default (demo scale)
-DEMO_SETTINGS = {("catalog", "pixel_threshold"): 250}
+DEMO_SETTINGS = {("catalog", "pixel_threshold"): 250, ("sharding", "rows_per_stage_job"): 1500}
 
 
 def test_settings_defaults_match_schema():
@@ -184,12 +184,13 @@ def test_settings_defaults_match_schema():
     assert defaults.keep_versions == props["keep_versions"]["default"]
     assert defaults.validate_commits == props["validate_commits"]["default"]
     assert defaults.on_invalid_chunk == props["on_invalid_chunk"]["default"]
+    assert defaults.rows_per_stage_job == props["sharding"]["properties"]["rows_per_stage_job"]["default"]
     # every schema property with a default is checked above or is the demo section (jobs.py reads it validated)
-    checked = {"until", "keep_versions", "validate_commits", "on_invalid_chunk", "catalog", "demo"}
+    checked = {"until", "keep_versions", "validate_commits", "on_invalid_chunk", "catalog", "demo", "sharding"}
     assert {k for k, v in props.items() if "default" in v} <= checked
     # config/config.yaml: schema defaults, except the listed demo settings
     config = yaml.safe_load((root / "config" / "config.yaml").read_text())
-    for section in ("catalog", "demo"):
+    for section in ("catalog", "demo", "sharding"):
         for key, value in config[section].items():
             expected = DEMO_SETTINGS.get((section, key), props[section]["properties"][key]["default"])
             assert value == expected, (section, key)

@@ -51,10 +51,14 @@ class Built:
         return load_settings(self.ws.configfile, overrides)
 
 
-def _stage(batch: Batch, out: Path) -> dict[str, Path]:
-    staged = {ds: out / ds for ds in (*apdb.DATASETS, stage.UPDATES)}
-    for ds, path in staged.items():
-        stage.stage_dataset(batch.chunks, ds, path)
+def _stage(batch: Batch, out: Path) -> dict[str, list[Path]]:
+    """Staged as the workflow does it: each dataset in parts of <= 300 rows (groups of chunks of one night)."""
+    staged = {}
+    for ds in (*apdb.DATASETS, stage.UPDATES):
+        parts = batch.stage_parts(ds, 300)
+        staged[ds] = [out / ds / f"part{i:03d}" for i in range(len(parts))]
+        for chunks, path in zip(parts, staged[ds], strict=True):
+            stage.stage_dataset(chunks, ds, path)
     return staged
 
 

@@ -118,26 +118,26 @@ def stage_dataset(manifests: Sequence[str], dataset: str, out_dir: str, config: 
         stage.stage_dataset(chunks, dataset, Path(out_dir), Settings.from_config(config).keep_float64)
 
 
-def ingest_batch(name: str, night: str, manifests: Sequence[str], staged: dict[str, str], build_dir: str,
+def ingest_batch(name: str, night: str, manifests: Sequence[str], staged: dict[str, list[str]], build_dir: str,
                  marker: str, config: dict[str, Any], log: str, skipped: Sequence[str] = ()) -> None:
     from ppdb_lc import nightly
 
     with job_log(log):
         faults.point("ingest_batch")
         batch = _batch(name, night, manifests, config, skipped)
-        summary = nightly.ingest_batch(batch, {k: Path(v) for k, v in staged.items()}, Path(build_dir),
+        summary = nightly.ingest_batch(batch, {k: [Path(p) for p in v] for k, v in staged.items()}, Path(build_dir),
                                        Settings.from_config(config))
         _write_json(marker, summary)
 
 
-def bootstrap(manifests: Sequence[str], staged: dict[str, str], scratch: str, marker: str, config: dict[str, Any],
+def bootstrap(manifests: Sequence[str], staged: dict[str, list[str]], scratch: str, marker: str, config: dict[str, Any],
               threads: int, log: str) -> None:
     from ppdb_lc import rebuild
 
     with job_log(log):
         faults.point("bootstrap_collection")
         batch = _batch(BOOTSTRAP, BOOTSTRAP, manifests, config)
-        summary = rebuild.bootstrap(batch, {k: Path(v) for k, v in staged.items()}, Path(scratch),
+        summary = rebuild.bootstrap(batch, {k: [Path(p) for p in v] for k, v in staged.items()}, Path(scratch),
                                     Settings.from_config(config), threads=threads)
         _write_json(marker, summary)
 

@@ -53,6 +53,25 @@ class Batch:
     def rows(self, dataset: str) -> int:
         return sum(chunk.rows(dataset) for chunk in self.chunks)
 
+    def stage_parts(self, dataset: str, rows_per_job: int) -> list[list[Chunk]]:
+        """The batch's chunks in staging jobs of at most ``rows_per_job`` rows of ``dataset`` (manifest counts).
+
+        Parts never mix nights and keep chunk order (consecutive chunks), so re-emitted copies and object versions
+        are resolved again across parts in chunk order (:func:`ppdb_lc.stage.read_staged`). A chunk is never split:
+        one larger than ``rows_per_job`` is a part of its own. Update records (few) are staged in one part.
+        """
+        parts: list[list[Chunk]] = []
+        for night in sorted({chunk.night for chunk in self.chunks}):
+            rows = rows_per_job + 1  # start a new part for each night
+            for chunk in sorted((c for c in self.chunks if c.night == night), key=lambda c: c.chunk_id):
+                n = chunk.rows(dataset) if dataset in apdb.DATASETS else 0
+                if rows + n > rows_per_job and (dataset in apdb.DATASETS or not parts):
+                    parts.append([])
+                    rows = 0
+                parts[-1].append(chunk)
+                rows += n
+        return parts or [[]]
+
 
 def read_ledger(collection: Path | None) -> list[LedgerEntry]:
     """Entries of the ledger of a collection (empty when there is no collection yet)."""

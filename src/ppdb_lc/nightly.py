@@ -179,7 +179,7 @@ def _night_changes(base: Path, tables: dict[str, pa.Table], records: pa.Table, o
     return night, revision, counts
 
 
-def build_batch(batch: Batch, staged: dict[str, Path], out_dir: Path, settings: Settings) -> dict:
+def build_batch(batch: Batch, staged: dict[str, list[Path]], out_dir: Path, settings: Settings) -> dict:
     """Build a batch's files against the published collection into ``out_dir``; return its summary.
 
     ``out_dir`` receives the night's dated files (``catalog``, ``margin``, ``index``), the revised copies of
@@ -201,8 +201,8 @@ def build_batch(batch: Batch, staged: dict[str, Path], out_dir: Path, settings: 
         shutil.rmtree(out_dir)
     out_dir.mkdir(parents=True)
 
-    staged_tables = {ds: stage.read_staged(staged[ds], batch.night) for ds in apdb.DATASETS}
-    records = stage.read_staged(staged[stage.UPDATES], batch.night)
+    staged_tables = {ds: stage.read_staged(staged[ds], batch.night, ds) for ds in apdb.DATASETS}
+    records = stage.read_staged(staged[stage.UPDATES], batch.night, stage.UPDATES)
     tables, revision, changes = _night_changes(base, staged_tables, records, out_dir, settings, schema,
                                                existing, morder)
     rows, stats = lightcurves.nest_batch(tables["DiaObject"], tables["DiaSource"], tables["DiaForcedSource"], schema)
@@ -372,7 +372,7 @@ def commit_batch(batch: Batch, build_dir: Path, settings: Settings) -> dict:
     return summary
 
 
-def ingest_batch(batch: Batch, staged: dict[str, Path], build_dir: Path, settings: Settings) -> dict:
+def ingest_batch(batch: Batch, staged: dict[str, list[Path]], build_dir: Path, settings: Settings) -> dict:
     """The nightly job: :func:`build_batch` into ``build_dir``, then :func:`commit_batch`, in one process.
 
     A batch whose chunks are already in the ledger is a no-op; ``build_dir`` is removed once committed.

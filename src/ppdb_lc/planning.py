@@ -27,6 +27,7 @@ class Plan:
     discovery: Discovery
     problems: list[str] = field(default_factory=list)
     export_error: str | None = None  # the export directory is missing or holds no chunk at all (unmounted?)
+    rows_per_stage_job: int = 1_000_000  # settings.rows_per_stage_job: how batches are split into staging jobs
 
     @property
     def collection_exists(self) -> bool:
@@ -54,7 +55,9 @@ class Plan:
         lines = [f"collection version: {self.version or '(none yet)'}"]
         for batch in self.batches:
             rows = ", ".join(f"{ds} {batch.rows(ds)}" for ds in DATASETS)
-            lines.append(f"pending night {batch.night} as batch {batch.name}: {len(batch.chunks)} chunks ({rows} rows)")
+            jobs = ", ".join(f"{len(batch.stage_parts(ds, self.rows_per_stage_job))} {ds}" for ds in DATASETS)
+            lines.append(f"pending night {batch.night} as batch {batch.name}: {len(batch.chunks)} chunks ({rows} rows); "
+                         f"staged in {jobs} job(s) of <= {self.rows_per_stage_job} rows")
         if not self.batches:
             lines.append("no new complete chunks")
         for path, reason in self.discovery.incomplete:
@@ -83,6 +86,7 @@ def make_plan(settings: Settings) -> Plan:
         batches=plan_batches(found.complete, ledger),
         discovery=found,
         problems=[f"{path}: {reason}" for path, reason in found.invalid],
+        rows_per_stage_job=settings.rows_per_stage_job,
         export_error=None if found.chunk_dirs else (
             f"PPDB export directory {settings.ppdb_dir} holds no chunk directory (empty or not mounted?)"),
     )

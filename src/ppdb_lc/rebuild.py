@@ -120,7 +120,7 @@ def _publish(collection_: VersionedCollection, staging: Path, label: str, summar
     return summary
 
 
-def bootstrap(batch: Batch, staged: dict[str, Path], scratch: Path, settings: Settings, *, threads: int = 2) -> dict:
+def bootstrap(batch: Batch, staged: dict[str, list[Path]], scratch: Path, settings: Settings, *, threads: int = 2) -> dict:
     """Build the collection from every chunk of ``batch`` (several nights) when none exists yet."""
     started = time.time()
     target = VersionedCollection(settings.collection_dir)
@@ -133,7 +133,7 @@ def bootstrap(batch: Batch, staged: dict[str, Path], scratch: Path, settings: Se
     rows_dir = scratch / "rows"
     rows_dir.mkdir(parents=True, exist_ok=True)
     nights = sorted({c.night for c in batch.chunks})
-    records = pa.concat_tables([stage.read_staged(staged[stage.UPDATES], night) for night in nights])
+    records = pa.concat_tables([stage.read_staged(staged[stage.UPDATES], night, stage.UPDATES) for night in nights])
     effects = updates.reduce(records)
     first = {ds: _first_copies_across_nights(staged[ds], nights, ds) for ds in ("DiaSource", "DiaForcedSource")}
     found_sources: set[int] = set()
@@ -141,7 +141,7 @@ def bootstrap(batch: Batch, staged: dict[str, Path], scratch: Path, settings: Se
     found_objects: dict[int, int] = {}
     sources, totals = [], {"orphan_rows": 0, "solar_system_sources_skipped": 0}
     for night in nights:
-        tables = {ds: stage.read_staged(staged[ds], night) for ds in apdb.DATASETS}
+        tables = {ds: stage.read_staged(staged[ds], night, ds) for ds in apdb.DATASETS}
         for ds, keep in first.items():
             tables[ds] = tables[ds].filter(pa.array(keep[night]))
         flat = updates.apply_to_flat(tables["DiaObject"], tables["DiaSource"], tables["DiaForcedSource"], effects)
@@ -183,13 +183,13 @@ def bootstrap(batch: Batch, staged: dict[str, Path], scratch: Path, settings: Se
     return _publish(target, staging, BOOTSTRAP, summary, settings, base=None)
 
 
-def _first_copies_across_nights(directory: Path, nights: Sequence[str], dataset: str) -> dict[str, np.ndarray]:
+def _first_copies_across_nights(parts: Sequence[Path], nights: Sequence[str], dataset: str) -> dict[str, np.ndarray]:
     """Per night, which staged rows are the earliest chunk's copy of their key over all ``nights`` (each night's
     file is already de-duplicated within the night)."""
     key = [*apdb.ROW_KEY[dataset], apdb.REPLICA_CHUNK_COLUMN]
-    parts = [pq.read_table(stage.staged_file(directory, night), columns=key) for night in nights]
-    sizes = [p.num_rows for p in parts]
-    table = pa.concat_tables(parts) if parts else pa.table({})
+    tables = [stage.read_staged(parts, night, dataset, columns=key) for night in nights]
+    sizes = [t.num_rows for t in tables]
+    table = pa.concat_tables(tables) if tables else pa.table({})
     keep = np.zeros(table.num_rows, dtype=bool)
     if table.num_rows:
         table = table.append_column("_row", pa.array(np.arange(table.num_rows)))

@@ -2,7 +2,7 @@
 
 Inputs are the batch summaries the collection carries (``ingest/batches/<batch>.json``: one per nightly commit,
 bootstrap and weekly compaction) and the Snakemake ``benchmark:`` files of the work directory
-(``benchmarks/<rule>[/<batch>][/<dataset>].tsv``). Nothing here reads catalog data, except for the sky plot's
+(``benchmarks/<rule>[/<batch>][/<dataset>][/part<k>].tsv``: one bar per job). Nothing here reads catalog data, except for the sky plot's
 fallback (rows per pixel of the current catalog, from parquet footers) when no nightly batch was committed yet.
 
 matplotlib, cdshealpix and pandas are imported where they are used, so that the workflow can import

@@ -71,6 +71,7 @@ class Settings:
     keep_versions: int = 2
     validate_commits: bool = True
     on_invalid_chunk: str = "error"
+    rows_per_stage_job: int = 1_000_000
 
     @classmethod
     def from_config(cls, config: dict[str, Any]) -> Settings:
@@ -92,4 +93,5 @@ class Settings:
             keep_versions=int(config.get("keep_versions", defaults.keep_versions)),
             validate_commits=bool(config.get("validate_commits", defaults.validate_commits)),
             on_invalid_chunk=str(config.get("on_invalid_chunk", defaults.on_invalid_chunk)),
+            rows_per_stage_job=int(config.get("sharding", {}).get("rows_per_stage_job", defaults.rows_per_stage_job)),
         )

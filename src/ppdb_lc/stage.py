@@ -93,5 +93,28 @@ def stage_dataset(
     return summary
 
 
-def read_staged(out_dir: Path, night: str) -> pa.Table:
-    return pq.read_table(staged_file(out_dir, night))
+def read_staged(parts: Sequence[Path], night: str, dataset: str, columns: Sequence[str] | None = None) -> pa.Table:
+    """The staged rows of ``dataset`` for ``night``, from the staging parts (consecutive chunk groups, in order).
+
+    Re-emitted copies and object versions are resolved again across parts, by the same definitions as within
+    one (:func:`postprocess.first_copies`, :func:`postprocess.latest_versions`), so the result does not depend on
+    how the night was split. The metadata's re-emitted count covers the copies dropped within and across parts.
+    ``columns`` (row key and chunk columns included by the caller) reads a subset.
+    """
+    files = [staged_file(part, night) for part in parts if staged_file(part, night).exists()]
+    if not files:
+        raise FileNotFoundError(f"no staged {dataset} rows for night {night} in {[str(p) for p in parts]}")
+    tables = [pq.read_table(path, columns=columns) for path in files]
+    if len(tables) == 1:
+        return tables[0]
+    if dataset == UPDATES:
+        return updates.in_order(pa.concat_tables(tables))
+    re_emitted = sum(int((t.schema.metadata or {}).get(RE_EMITTED_KEY, b"0")) for t in tables)
+    table = pa.concat_tables([t.replace_schema_metadata(None) for t in tables])
+    if dataset == "DiaObject":
+        table = postprocess.latest_versions(table)
+    else:
+        unique = postprocess.first_copies(table, dataset)
+        re_emitted += table.num_rows - unique.num_rows
+        table = unique
+    return table.replace_schema_metadata({RE_EMITTED_KEY: str(re_emitted)})

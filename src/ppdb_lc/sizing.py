@@ -1,0 +1,41 @@
+"""Memory a job asks SLURM for (``mem_mb``), from the rows it reads: a linear model of measured peak RSS.
+
+Each model is ``base + per_million * rows / 1e6`` (MB), fitted on the kernel's peak-RSS figure (VmHWM, which every
+job logs at its end: ``job done: peak RSS …``) of jobs on generated exports of several sizes; see
+``benchmarks/results/`` and ``docs/scaling.md``. A SLURM job also runs Snakemake's own processes (batch step and
+job step, ~250 MB together), and the request keeps headroom on top, rounded up to 100 MB. The rules compute their
+request per job from the manifest row counts at plan time, so ``snakemake -n`` and the SLURM submission agree
+and no request is a constant that a larger night would outgrow.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+SNAKEMAKE_MB = 250  #: Snakemake's batch and job-step processes inside a SLURM job
+HEADROOM = 1.25  #: request = (model + Snakemake) x headroom
+
+
+@dataclass(frozen=True)
+class MemoryModel:
+    """Peak RSS of one job in MB: ``base_mb + per_million_mb`` per million input rows."""
+
+    base_mb: float
+    per_million_mb: float
+
+    def peak_mb(self, rows: int) -> float:
+        return self.base_mb + self.per_million_mb * rows / 1e6
+
+    def request_mb(self, rows: int) -> int:
+        """The ``mem_mb`` to ask for a job that reads ``rows`` input rows."""
+        return int(math.ceil((self.peak_mb(rows) + SNAKEMAKE_MB) * HEADROOM / 100.0) * 100)
+
+
+#: Staging one group of chunks of one dataset (read, verify, conform, de-duplicate, postprocess). Worst dataset:
+#: DiaForcedSource, 171 MB + 660 MB per million rows (2026-11 measurements at 20k, 200k and 740k objects).
+STAGE = MemoryModel(base_mb=180, per_million_mb=660)
+#: Ingesting one night (build + commit in one job): 313 MB + 734 MB per million input rows of all three tables.
+INGEST = MemoryModel(base_mb=320, per_million_mb=740)
+#: Bootstrap (all nights folded and partitioned at once): 346 MB + 1.08 GB per million input rows.
+BOOTSTRAP = MemoryModel(base_mb=350, per_million_mb=1080)

@@ -1,0 +1,108 @@
+"""A night staged in several jobs (groups of chunks) gives the same rows as one staging job, and the same collection.
+
+The split is made from manifest row counts (``Batch.stage_parts``); re-emitted copies and object versions that
+fall into different parts are resolved again when the parts are read (``stage.read_staged``).
+"""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import pyarrow.parquet as pq
+import pytest
+
+from conftest import NIGHTS, Workspace
+from ppdb_lc import apdb, sizing, stage
+from ppdb_lc.chunks import discover
+from ppdb_lc.ledger import Batch
+
+STAGED = (*apdb.DATASETS, stage.UPDATES)
+
+
+def _batch(ppdb: Path, nights=NIGHTS) -> Batch:
+    chunks = [c for c in discover(ppdb).complete if c.night in nights]
+    return Batch("bootstrap", "bootstrap", chunks)
+
+
+def test_stage_parts_are_bounded_consecutive_chunks_of_one_night(demo_export: Path) -> None:
+    batch = _batch(demo_export)
+    for ds in apdb.DATASETS:
+        parts = batch.stage_parts(ds, 300)
+        # every chunk exactly once, in chunk order
+        assert [c.chunk_id for part in parts for c in part] == sorted(c.chunk_id for c in batch.chunks)
+        for part in parts:
+            assert len({c.night for c in part}) == 1, "a part never mixes nights"
+            rows = sum(c.rows(ds) for c in part)
+            assert rows <= 300 or len(part) == 1, (ds, rows)  # only a single chunk may exceed the bound
+        # greedy: two neighbouring parts of one night could not have been one
+        for a, b in zip(parts, parts[1:], strict=False):
+            if a[0].night == b[0].night:
+                assert sum(c.rows(ds) for c in [*a, *b]) > 300
+        assert len(parts) > len({c.night for c in batch.chunks}), f"{ds}: the bound must split some nights"
+    # an oversized chunk is a part of its own; a huge bound gives one part per night; update records: one part
+    assert all(len(part) == 1 for part in batch.stage_parts("DiaForcedSource", 1))
+    assert len(batch.stage_parts("DiaSource", 10**9)) == len(NIGHTS)
+    assert len(batch.stage_parts(stage.UPDATES, 1)) == 1
+
+
+def test_staged_parts_read_as_one_staging_job(demo_export: Path, tmp_path: Path) -> None:
+    batch = _batch(demo_export)
+    split_copies = 0
+    for ds in STAGED:
+        whole = tmp_path / "whole" / ds
+        stage.stage_dataset(batch.chunks, ds, whole)
+        parts = batch.stage_parts(ds, 250)
+        dirs = [tmp_path / "parts" / ds / f"part{i:03d}" for i in range(len(parts))]
+        for chunks, directory in zip(parts, dirs, strict=True):
+            stage.stage_dataset(chunks, ds, directory)
+        for night in NIGHTS:
+            want = stage.read_staged([whole], night, ds)
+            got = stage.read_staged(dirs, night, ds)
+            assert got.equals(want), (ds, night)  # same rows, same order, same types
+            if ds in ("DiaSource", "DiaForcedSource"):
+                count = int(want.schema.metadata[stage.RE_EMITTED_KEY])
+                assert int(got.schema.metadata[stage.RE_EMITTED_KEY]) == count, (ds, night)
+                within = sum(int(pq.read_schema(stage.staged_file(d, night)).metadata[stage.RE_EMITTED_KEY])
+                             for d in dirs if stage.staged_file(d, night).exists())
+                split_copies += count - within  # copies whose first copy lies in an earlier part
+    assert split_copies > 0, "the generated export re-emits rows of a night's first chunk in its second chunk"
+
+
+def test_memory_requests_grow_with_the_rows_of_a_job() -> None:
+    # the request covers the model's peak + Snakemake's processes, with headroom, in 100 MB steps
+    assert sizing.STAGE.request_mb(0) == 600
+    assert sizing.STAGE.request_mb(1_000_000) == 1400  # (180 + 660 + 250) x 1.25 = 1362.5
+    assert sizing.INGEST.request_mb(3_600_000) == 4100  # (320 + 2664 + 250) x 1.25 = 4042.5
+    assert sizing.STAGE.request_mb(500_000) < sizing.STAGE.request_mb(1_000_000)
+
+
+@pytest.mark.parametrize("rows_per_job", [200])
+def test_sharded_daily_equals_unsharded_daily(workspace: Workspace, tmp_path_factory, rows_per_job: int) -> None:
+    """The same bootstrap + dailies with small staging parts and with one part per night: the same files."""
+    ws = workspace
+    unsharded = Workspace(tmp_path_factory.mktemp("unsharded"))
+    shutil.copytree(ws.ppdb, unsharded.ppdb)
+    ws.write_config(sharding={"rows_per_stage_job": rows_per_job})
+    unsharded.write_config(sharding={"rows_per_stage_job": 10**9})
+    for run in (ws, unsharded):
+        run.snakemake("bootstrap", "--config", f"until={NIGHTS[1]}")
+        out = run.snakemake("daily")
+    stage_jobs = len(list((ws.work / "logs" / "stage_dataset").rglob("part*.log")))
+    single = len(list((unsharded.work / "logs" / "stage_dataset").rglob("part*.log")))
+    # one part per night and table: bootstrap (2 nights x 3 tables + its update records) + 2 nights x 4
+    assert single == 2 * 3 + 1 + 2 * 4 and stage_jobs > 2 * single, (stage_jobs, single)
+    assert "rule ingest_batch" in out.stdout + out.stderr
+    ours, theirs = ws.published, unsharded.published
+    assert ours.name == theirs.name
+    files = sorted(p.relative_to(ours) for p in ours.rglob("*.parquet") if "ingest" not in p.parts)
+    assert files == sorted(p.relative_to(theirs) for p in theirs.rglob("*.parquet") if "ingest" not in p.parts)
+    assert len(files) >= 20  # catalog, margin and index files of the bootstrap and both nights
+    for path in files:
+        assert pq.read_table(ours / path).equals(pq.read_table(theirs / path)), path
+    for log in ("ledger.csv", "pending_updates.parquet"):
+        a, b = ours / "ingest" / log, theirs / "ingest" / log
+        if log.endswith(".csv"):
+            assert a.read_text() == b.read_text()
+        else:
+            assert pq.read_table(a).equals(pq.read_table(b))
