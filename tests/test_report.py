@@ -279,10 +279,33 @@ def write_benchmarks(root: Path) -> dict[tuple[str, str], tuple[float, float]]:
 
 
 def test_read_benchmarks(tmp_path: Path) -> None:
-    jobs = write_benchmarks(tmp_path)
-    records = report.read_benchmarks(report.benchmark_files(tmp_path), tmp_path)
+    root = tmp_path / "benchmarks"
+    jobs = write_benchmarks(root)
+    records = report.read_benchmarks(report.benchmark_files(root), root)
     assert {(r.job, r.batch): (r.seconds, r.max_rss_mb) for r in records} == jobs
     assert {r.rule for r in records} == {"bootstrap_collection", "compact_collection", "ingest_batch", "stage_dataset"}
+    assert not any(r.rss_from_kernel for r in records)
+
+
+def test_read_benchmarks_prefers_the_kernel_peak_the_job_logged(tmp_path: Path) -> None:
+    """A staging part's benchmark file and its job log (as the rules name them): the log's VmHWM wins."""
+    root = tmp_path / "work" / "benchmarks"
+    tsv = root / "stage_dataset" / NIGHTS[1] / "DiaSource" / "part001.tsv"
+    log = tmp_path / "work" / "logs" / "stage_dataset" / NIGHTS[1] / "DiaSource" / "part001.log"
+    tsv.parent.mkdir(parents=True)
+    log.parent.mkdir(parents=True)
+    tsv.write_text(BENCH_HEADER + "3.5\t0:00:03\tNA\tNA\tNA\tNA\tNA\tNA\tNA\t3.1\n")  # too short to be sampled
+    log.write_text("2026-12-04 01:00:00 INFO ppdb_lc: DiaSource 2026-11-21: 2 chunks\n"
+                   "2026-12-04 01:00:03 INFO ppdb_lc.jobs: job done: peak RSS 171.4 MB (kernel VmHWM)\n")
+    other = root / "stage_dataset" / NIGHTS[1] / "DiaSource" / "part000.tsv"
+    other.write_text(BENCH_HEADER + "3.0\t0:00:03\t150.5\tNA\tNA\tNA\tNA\tNA\tNA\t2.9\n")  # no log: sampled
+    records = {r.max_rss_mb: r for r in report.read_benchmarks(report.benchmark_files(root), root)}
+    assert set(records) == {171.4, 150.5}
+    assert records[171.4].rss_from_kernel and not records[150.5].rss_from_kernel
+    assert {(r.rule, r.job, r.batch) for r in records.values()} == {("stage_dataset", "stage_dataset DiaSource",
+                                                                     NIGHTS[1])}
+    report.plot_benchmarks(list(records.values()), tmp_path / "b.png")
+    assert (tmp_path / "b.png").stat().st_size > 10_000
 
 
 def test_summaries_order_and_sizes(built: Built) -> None:

@@ -13,7 +13,6 @@ from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
-import pyarrow.parquet as pq
 from hats.catalog import PartitionInfo, TableProperties
 from hats.io.parquet_metadata import write_parquet_metadata
 from hats.io.validation import is_valid_catalog

@@ -361,20 +361,34 @@ class BenchmarkRecord:
     batch: str
     seconds: float
     max_rss_mb: float
+    rss_from_kernel: bool = False  # max_rss_mb is the job's own VmHWM (its log), not Snakemake's 30 s sample
 
 
 _RUN = re.compile(r"^(v\d{6}-.+|new-\d+)$")
+_PEAK_RSS = re.compile(r"job done: peak RSS ([0-9.]+) MB \(kernel VmHWM\)")
+
+
+def logged_peak_rss_mb(log: Path) -> float | None:
+    """The peak RSS a job logged at its end (``jobs.job_log``: the kernel's VmHWM), if it got there."""
+    if not log.is_file():
+        return None
+    found = _PEAK_RSS.findall(log.read_text(errors="replace"))
+    return float(found[-1]) if found else None
 
 
 def read_benchmark(path: Path, root: Path) -> BenchmarkRecord:
-    """Parse ``root/<rule>.tsv``, ``root/<rule>/<batch>.tsv`` or ``root/<rule>/<batch>/<dataset>.tsv``.
+    """Parse ``root/<rule>.tsv``, ``root/<rule>/<batch>.tsv`` or ``root/<rule>/<batch>/<dataset>[/part<k>].tsv``.
 
     A run level (``<rule>/<run>/<batch>.tsv``, ``<rule>/<run>.tsv``: the version the run was planned on, or
-    ``new-…`` for a bootstrap) is skipped.
+    ``new-…`` for a bootstrap) is skipped. Peak memory: the kernel's figure the job logged at its end (its log,
+    ``<root>/../logs/`` at the same relative path) where there is one, since Snakemake samples memory only every
+    30 s after the first 15 s and misses the peak of most jobs; else the benchmark file's ``max_rss``.
     """
     import pandas as pd
 
-    parts = Path(path).relative_to(root).with_suffix("").parts
+    relative = Path(path).relative_to(root)
+    kernel = logged_peak_rss_mb(Path(root).parent / "logs" / relative.with_suffix(".log"))
+    parts = relative.with_suffix("").parts
     if parts[0] != "compact_collection":  # its level is the version it compacted
         parts = (parts[0], *(p for p in parts[1:] if not _RUN.match(p)))
     rule = parts[0]
@@ -384,8 +398,9 @@ def read_benchmark(path: Path, root: Path) -> BenchmarkRecord:
     job = f"{rule} {parts[2]}" if len(parts) > 2 else rule
     table = pd.read_csv(path, sep="\t")
     rss = pd.to_numeric(table["max_rss"], errors="coerce")
+    sampled = float(rss.max()) if rss.notna().any() else float("nan")
     return BenchmarkRecord(rule=rule, job=job, batch=batch, seconds=float(table["s"].mean()),
-                           max_rss_mb=float(rss.max()) if rss.notna().any() else float("nan"))
+                           max_rss_mb=kernel if kernel is not None else sampled, rss_from_kernel=kernel is not None)
 
 
 def benchmark_files(root: str | Path) -> list[Path]:
@@ -429,11 +444,16 @@ def plot_benchmarks(records: Sequence[BenchmarkRecord], out: Path) -> Path:
             color = _RULE_COLORS.get(rec.job, "0.5")
             for ax, value in zip(axes, (rec.seconds, rec.max_rss_mb), strict=True):
                 ax.bar(x + offset, value, width=width * 0.95, color=color,
+                       hatch="//" if ax is axes[1] and not rec.rss_from_kernel else None,
                        label=rec.job if rec.job not in seen and ax is axes[0] else None)
             seen.add(rec.job)
     axes[0].set_ylabel("wall time [s]")
     axes[0].set_title("Per-rule runtime and peak memory (Snakemake benchmark files)")
-    axes[1].set_ylabel("peak memory, max RSS [MB]")
+    axes[1].set_ylabel("peak RSS [MB]")
+    if any(not r.rss_from_kernel for r in records):
+        axes[1].set_title("peak RSS: kernel VmHWM logged by the job; hatched: Snakemake's sampled max_rss", fontsize=9)
+    else:
+        axes[1].set_title("peak RSS: kernel VmHWM logged by each job", fontsize=9)
     axes[1].set_xlabel("batch")
     names = [re.sub(r"^weekly after v\d+-(.*)$", r"weekly\n(after \1)", b) for b in batches]
     axes[1].set_xticks(range(len(batches)), names, rotation=45 if len(batches) > 6 else 0,
