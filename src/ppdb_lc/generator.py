@@ -336,8 +336,11 @@ class _Survey:
     next_source_id: int = _SOURCE_ID_START
     next_forced_id: int = _FORCED_ID_START
     retired: np.ndarray | None = None  # objects closed by a dedup run: never detected or measured again
-    #: every DiaSource / DiaForcedSource row written so far, by chunk (re-emission and record targets)
+    #: every DiaSource / DiaForcedSource row written so far, by chunk (re-emission and record targets): only the
+    #: columns the records use, with the file and row it came from (:func:`_written_rows` reads full rows back), so
+    #: memory grows by ~50 bytes per row written instead of the whole export
     written: dict[str, list[pa.Table]] = field(default_factory=lambda: {"DiaSource": [], "DiaForcedSource": []})
+    files: dict[str, list[Path]] = field(default_factory=lambda: {"DiaSource": [], "DiaForcedSource": []})
 
     def new_source_ids(self, n: int) -> np.ndarray:
         ids = np.arange(self.next_source_id, self.next_source_id + n, dtype=np.int64)
@@ -880,10 +883,11 @@ def generate_ppdb(root: Path, spec: DemoSpec = DemoSpec()) -> list[ChunkInfo]:
             _re_emit(survey, plan, tables)
         if plan.dedup:
             records += _dedup_records(survey, plan, len(records))
+        info = _write_chunk(root, plan, spec, tables, _records_table(records, plan) if records else None)
         for dataset in survey.written:
-            if dataset in tables:
-                survey.written[dataset].append(tables[dataset])
-        written.append(_write_chunk(root, plan, spec, tables, _records_table(records, plan) if records else None))
+            if dataset in tables and tables[dataset].num_rows:
+                _remember(survey, dataset, tables[dataset], info.path / f"{dataset}.parquet")
+        written.append(info)
     return written
 
 
@@ -907,9 +911,39 @@ def _record(kind: str, time_ns: int, order: int, **fields: object) -> dict:
     return {"_time": time_ns, "_order": order, "update_type": kind, **clean}
 
 
+_REMEMBERED = {  # columns of written rows the records and re-emitted copies use
+    "DiaSource": ("diaSourceId", "diaObjectId", "ra", "dec", "midpointMjdTai"),
+    "DiaForcedSource": ("diaObjectId", "visit", "detector", "ra", "dec", "midpointMjdTai"),
+}
+
+
+def _remember(survey: _Survey, dataset: str, table: pa.Table, path: Path) -> None:
+    """Keep the record columns of a written table, with the file and row each row can be read back from."""
+    number = len(survey.files[dataset])
+    survey.files[dataset].append(path)
+    slim = table.select(list(_REMEMBERED[dataset]))
+    slim = slim.append_column("_file", pa.array(np.full(table.num_rows, number, np.int32)))
+    survey.written[dataset].append(slim.append_column("_row", pa.array(np.arange(table.num_rows, dtype=np.int64))))
+
+
 def _written(survey: _Survey, dataset: str) -> pa.Table | None:
+    """The remembered columns of every row written so far (``_file``, ``_row``: where the full row is)."""
     parts = survey.written[dataset]
     return pa.concat_tables(parts, promote_options="permissive") if parts else None
+
+
+def _written_rows(survey: _Survey, dataset: str, slim: pa.Table) -> pa.Table:
+    """The full rows (all columns, as written) of the remembered rows ``slim``, in their order."""
+    files = slim["_file"].to_numpy()
+    rows = slim["_row"].to_numpy()
+    parts = []
+    for number in dict.fromkeys(files.tolist()):  # in order of first appearance
+        parts.append(pq.read_table(survey.files[dataset][number]).take(pa.array(rows[files == number])))
+    table = pa.concat_tables(parts, promote_options="permissive")
+    if len(parts) > 1:  # restore the order of ``slim`` across files
+        order = np.concatenate([np.flatnonzero(files == n) for n in dict.fromkeys(files.tolist())])
+        table = table.take(pa.array(np.argsort(order)))
+    return table
 
 
 def _source_payload(row: dict) -> dict:
@@ -923,11 +957,12 @@ def _other_records(survey: _Survey, plan: _ChunkPlan, tables: dict[str, pa.Table
     earlier = _written(survey, "DiaSource")
     if earlier is None or "DiaSource" not in tables:
         return []
-    earlier = earlier.filter(pa.compute.is_valid(earlier["diaObjectId"])).to_pylist()
+    earlier_rows = earlier.filter(pa.compute.is_valid(earlier["diaObjectId"]))
     here = tables["DiaSource"].filter(pa.compute.is_valid(tables["DiaSource"]["diaObjectId"])).to_pylist()
-    if len(earlier) < 4 or not here:
+    if earlier_rows.num_rows < 4 or not here:
         return []
-    picks = rng.choice(len(earlier), 4, replace=False)
+    picks = rng.choice(earlier_rows.num_rows, 4, replace=False)
+    earlier = {int(i): earlier_rows.slice(int(i), 1).to_pylist()[0] for i in picks}
     withdraw_mjd = _mjd(time_ns / 1e9)
     out = [
         _record("withdraw_diasource", time_ns, 0, timeWithdrawnMjdTai=withdraw_mjd, **_source_payload(earlier[picks[0]])),
@@ -964,7 +999,8 @@ def _re_emit(survey: _Survey, plan: _ChunkPlan, tables: dict[str, pa.Table]) -> 
         if earlier is None or dataset not in tables or earlier.num_rows < count:
             continue
         earlier = earlier.filter(pa.compute.is_valid(earlier["diaObjectId"]))
-        copies = earlier.take(pa.array(np.sort(rng.choice(earlier.num_rows, count, replace=False))))
+        picked = earlier.take(pa.array(np.sort(rng.choice(earlier.num_rows, count, replace=False))))
+        copies = _written_rows(survey, dataset, picked)
         target = tables[dataset].schema  # the copy is written with this chunk's schema version
         copies = pa.Table.from_arrays([copies[f.name].cast(f.type) if f.name in copies.column_names
                                        else pa.nulls(copies.num_rows, f.type) for f in target], schema=target)
