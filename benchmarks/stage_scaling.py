@@ -1,12 +1,15 @@
 """Peak memory per job (kernel VmHWM) against the size of a night: staging is split, the ingest is not (yet).
 
-    python benchmarks/stage_scaling.py --objects 25000 100000 400000 --chunks-per-night 8 32 72 \
-        --rows-per-stage-job 100000
+    python benchmarks/stage_scaling.py --objects 13600 54000 217000 --chunks-per-night 64 \
+        --rows-per-stage-job 250000
 
-For each size: generate a 2-night export (:mod:`ppdb_lc.generator`), ``bootstrap`` night 1, ``daily`` night 2 with
-``sharding.rows_per_stage_job`` set, then read the peak RSS every job logged at its end (``job done: peak RSS …
-(kernel VmHWM)``, i.e. ``getrusage`` ``ru_maxrss``; not Snakemake's 30 s sampler) and the CPU seconds of the
-Snakemake benchmark files. Prints one line per size and job kind, and the memory each job asked SLURM for
+(night 2 then has ~0.25 M, 1 M and 4 M DiaSources, with ~1.5x as many forced sources and ~0.95x object rows).
+
+For each size: generate a 2-night export (:mod:`ppdb_lc.generator`), stage both nights with
+``sharding.rows_per_stage_job`` set (and, up to ``--ingest-up-to`` rows, ``bootstrap`` night 1 + ``daily`` night 2),
+then read the peak RSS every job logged at its end (``job done: peak RSS …
+(kernel VmHWM)``, i.e. ``getrusage`` ``ru_maxrss``; not Snakemake's 30 s sampler) and its CPU seconds (also
+``getrusage``). Prints one line per size and job kind, and the memory each job asked SLURM for
 (:mod:`ppdb_lc.sizing`).
 """
 
@@ -31,14 +34,26 @@ from ppdb_lc.ledger import Batch
 
 REPO = Path(__file__).resolve().parents[1]
 PEAK = re.compile(r"job done: peak RSS ([0-9.]+) MB")
+CPU = re.compile(r"job done: .*, CPU ([0-9.]+) s")
 NIGHTS = ("2026-11-20", "2026-11-21")
 
 
-def run(root: Path, objects: int, rows_per_job: int, cores: int, chunks: int, jobs: list[dict]) -> list[dict]:
+def _peak(log: Path) -> float:
+    return float(PEAK.findall(log.read_text())[-1])
+
+
+def _cpu(log: Path) -> float:
+    """CPU seconds the job logged at its end (getrusage; Snakemake's benchmark sampler misses short jobs)."""
+    return float(CPU.findall(log.read_text())[-1])
+
+
+def run(root: Path, objects: int, rows_per_job: int, cores: int, chunks: int, ingest: bool,
+        jobs: list[dict]) -> list[dict]:
+    """Stage both nights (``bootstrap --until stage_dataset``: staging jobs only); with ``ingest``, then also
+    bootstrap night 1 and ingest night 2 (``daily``), whose job reads the whole night."""
     ppdb = root / "ppdb"
     generate_ppdb(ppdb, DemoSpec(n_objects=objects, nights=NIGHTS, chunks_per_night=chunks, seed=5))
     night = [c for c in discover(ppdb).complete if c.night == NIGHTS[1]]
-    batch = Batch(NIGHTS[1], NIGHTS[1], night)
     rows = {ds: sum(c.rows(ds) for c in night) for ds in apdb.DATASETS}
     config = yaml.safe_load((REPO / "config" / "config.yaml").read_text())
     config.update(ppdb_dir=str(ppdb), collection_dir=str(root / "coll"), work_dir=str(root / "work"))
@@ -47,27 +62,36 @@ def run(root: Path, objects: int, rows_per_job: int, cores: int, chunks: int, jo
     (root / "config.yaml").write_text(yaml.safe_dump(config))
     cmd = [sys.executable, "-m", "snakemake", "--snakefile", str(REPO / "Snakefile"), "--directory", str(root),
            "--configfile", str(root / "config.yaml"), "--cores", str(cores), "--quiet"]
-    subprocess.run([*cmd[:5], "bootstrap", *cmd[5:], "--config", f"until={NIGHTS[0]}"], check=True,
-                   capture_output=True)
     start = time.monotonic()
-    subprocess.run([*cmd[:5], "daily", *cmd[5:]], check=True, capture_output=True)
-    wall = time.monotonic() - start
-    for ds in apdb.DATASETS:  # every staging job: its rows (manifest counts) and its peak
+    subprocess.run([*cmd, "--notemp", "--until", "stage_dataset", "--", "bootstrap"], check=True, capture_output=True)
+    stage_wall = time.monotonic() - start
+    logs = root / "work" / "logs" / "stage_dataset" / "bootstrap"
+    batch = Batch("bootstrap", "bootstrap", discover(ppdb).complete)
+    night_jobs = []
+    for ds in apdb.DATASETS:  # every staging job of night 2: its rows (manifest counts) and its peak
         for i, part in enumerate(batch.stage_parts(ds, rows_per_job)):
-            log = root / "work" / "logs" / "stage_dataset" / NIGHTS[1] / ds / f"part{i:03d}.log"
-            jobs.append({"objects": objects, "dataset": ds, "part": i, "chunks": len(part),
-                         "rows": sum(c.rows(ds) for c in part), "peak_mb": float(PEAK.findall(log.read_text())[-1])})
-    out = []
-    for kind, pattern in (("stage_dataset", f"stage_dataset/{NIGHTS[1]}/*/part*.log"),
-                          ("ingest_batch", f"ingest_batch/*/{NIGHTS[1]}.log")):
-        logs = sorted((root / "work" / "logs").glob(pattern))
-        peaks = [float(PEAK.findall(p.read_text())[-1]) for p in logs]
-        bench = sorted((root / "work" / "benchmarks").glob(pattern.replace(".log", ".tsv")))
-        cpu = sum(float(pd.read_csv(b, sep="\t")["cpu_time"].iloc[0]) for b in bench)
-        out.append({"objects": objects, "night_rows": sum(rows.values()), **rows, "job": kind, "jobs": len(logs),
-                    "peak_max_mb": max(peaks), "peak_min_mb": min(peaks), "cpu_s": cpu, "daily_wall_s": wall})
-    out[0]["request_mb"] = sizing.STAGE.request_mb(rows_per_job)
-    out[1]["request_mb"] = sizing.INGEST.request_mb(sum(rows.values()))
+            if part[0].night != NIGHTS[1]:
+                continue
+            log = logs / ds / f"part{i:03d}.log"
+            night_jobs.append({"objects": objects, "dataset": ds, "part": i, "chunks": len(part),
+                               "rows": sum(c.rows(ds) for c in part), "peak_mb": _peak(log), "cpu_s": _cpu(log)})
+    jobs += night_jobs
+    peaks = [j["peak_mb"] for j in night_jobs]
+    out = [{"objects": objects, "chunks_per_night": chunks, "night_rows": sum(rows.values()), **rows,
+            "job": "stage_dataset", "jobs": len(night_jobs), "peak_max_mb": max(peaks), "peak_min_mb": min(peaks),
+            "request_mb": sizing.STAGE.request_mb(max(j["rows"] for j in night_jobs)),
+            "cpu_s": sum(j["cpu_s"] for j in night_jobs), "wall_s": stage_wall}]
+    if ingest:
+        shutil.rmtree(root / "work")
+        subprocess.run([*cmd, "--config", f"until={NIGHTS[0]}", "--", "bootstrap"], check=True, capture_output=True)
+        start = time.monotonic()
+        subprocess.run([*cmd, "--", "daily"], check=True, capture_output=True)
+        wall = time.monotonic() - start
+        log = next((root / "work" / "logs" / "ingest_batch").glob(f"*/{NIGHTS[1]}.log"))
+        out.append({**{k: v for k, v in out[0].items() if k not in ("job", "jobs", "peak_min_mb")},
+                    "job": "ingest_batch", "jobs": 1, "peak_max_mb": _peak(log), "peak_min_mb": _peak(log),
+                    "request_mb": sizing.INGEST.request_mb(sum(rows.values())), "cpu_s": _cpu(log),
+                    "wall_s": wall})
     return out
 
 
@@ -76,7 +100,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--objects", type=int, nargs="+", default=[25_000, 100_000, 400_000])
     parser.add_argument("--rows-per-stage-job", type=int, default=100_000)
     parser.add_argument("--cores", type=int, default=2)
-    parser.add_argument("--chunks-per-night", type=int, nargs="+", default=[8],
+    parser.add_argument("--ingest-up-to", type=int, default=5_000_000,
+                        help="also bootstrap + ingest night 2 when it has at most this many rows")
+    parser.add_argument("--chunks-per-night", type=int, nargs="+", default=[64],
                         help="per size (one value: the same for all); a night has ~60 chunks of 600 s whatever its "
                              "size, so more rows per night means larger chunks")
     parser.add_argument("--out", type=Path, default=REPO / "benchmarks" / "out" / "stage_scaling")
@@ -88,12 +114,14 @@ def main(argv: list[str] | None = None) -> int:
         root = args.out / f"{objects}"
         shutil.rmtree(root, ignore_errors=True)
         root.mkdir(parents=True)
-        lines += [dict(line, chunks_per_night=per_night)
-                  for line in run(root, objects, args.rows_per_stage_job, args.cores, per_night, jobs)]
+        expected_rows = 3.6 * 0.2875 * objects * per_night  # night 2 of the generator: ~0.29 sources/object/chunk
+        lines += run(root, objects, args.rows_per_stage_job, args.cores, per_night,
+                     expected_rows <= args.ingest_up_to, jobs)
         shutil.rmtree(root, ignore_errors=True)
     table = pd.DataFrame(lines)
     print(f"rows_per_stage_job = {args.rows_per_stage_job}; night 2 of a 2-night export; peak RSS = kernel VmHWM "
-          f"logged by each job; request = ppdb_lc.sizing (SLURM mem_mb)")
+          f"logged by each job; request = ppdb_lc.sizing (SLURM mem_mb) for the largest job; cpu_s = sum over the "
+          f"night's jobs (getrusage, logged by each job); {args.cores} cores")
     print(table.to_string(index=False, float_format=lambda v: f"{v:.1f}"))
     per_job = pd.DataFrame(jobs)
     print("\nstaging jobs: rows read and peak RSS, per dataset (largest job of each size)")

@@ -71,7 +71,8 @@ def job_log(path: str | Path | None) -> Iterator[None]:
             raise
         finally:
             sys.stderr = old
-        logging.getLogger("ppdb_lc").info("job done: peak RSS %.1f MB (kernel VmHWM)", peak_rss_mb())
+        logging.getLogger("ppdb_lc").info("job done: peak RSS %.1f MB (kernel VmHWM), CPU %.2f s", peak_rss_mb(),
+                                          cpu_seconds())
     _end_process()
 
 
@@ -80,6 +81,14 @@ def peak_rss_mb() -> float:
     import resource
 
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def cpu_seconds() -> float:
+    """User + system CPU time of the process so far (its threads included), from getrusage."""
+    import resource
+
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return usage.ru_utime + usage.ru_stime
 
 
 def _end_process() -> None:
