@@ -25,6 +25,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from run_benchmark import REPO, snakemake, write_config  # noqa: E402
 
 from ppdb_lc.generator import DemoSpec, generate_ppdb  # noqa: E402
+from ppdb_lc.versions import VersionedCollection  # noqa: E402
 
 
 def night(out: Path, spec: DemoSpec, cores: int, threshold: int) -> dict:
@@ -34,8 +35,9 @@ def night(out: Path, spec: DemoSpec, cores: int, threshold: int) -> dict:
     snakemake(out, config, "bootstrap", cores, "--config", f"until={spec.nights[0]}", log=out / "logs" / "boot.log")
     seconds = snakemake(out, config, "daily", cores, "--config", f"until={spec.nights[1]}",
                         log=out / "logs" / "daily.log")
-    summary = json.loads((collection / "ingest" / "batches" / f"{spec.nights[1]}.json").read_text())
-    job_log = (work / "logs" / "ingest_batch" / f"{spec.nights[1]}.log").read_text()
+    published = VersionedCollection(collection).current()
+    summary = json.loads((published / "ingest" / "batches" / f"{spec.nights[1]}.json").read_text())
+    job_log = next((work / "logs" / "ingest_batch").glob(f"*/{spec.nights[1]}.log")).read_text()
     peak = float(re.findall(r"peak RSS ([0-9.]+) MB", job_log)[-1])
     updates = summary["updates"]
     return {
