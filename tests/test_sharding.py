@@ -72,8 +72,8 @@ def test_staged_parts_read_as_one_staging_job(demo_export: Path, tmp_path: Path)
 def test_memory_requests_grow_with_the_rows_of_a_job() -> None:
     # the request covers the model's peak + Snakemake's processes, with headroom, in 100 MB steps
     assert sizing.STAGE.request_mb(0) == 600
-    assert sizing.STAGE.request_mb(1_000_000) == 1400  # (180 + 660 + 250) x 1.25 = 1362.5
-    assert sizing.INGEST.request_mb(3_600_000) == 4100  # (320 + 2664 + 250) x 1.25 = 4042.5
+    assert sizing.STAGE.request_mb(1_000_000) == 1500  # (180 + 720 + 250) x 1.25 = 1437.5
+    assert sizing.INGEST.request_mb(3_600_000) == 3900  # (350 + 2520 + 250) x 1.25 = 3900
     assert sizing.STAGE.request_mb(500_000) < sizing.STAGE.request_mb(1_000_000)
 
 

@@ -32,10 +32,13 @@ class MemoryModel:
         return int(math.ceil((self.peak_mb(rows) + SNAKEMAKE_MB) * HEADROOM / 100.0) * 100)
 
 
-#: Staging one group of chunks of one dataset (read, verify, conform, de-duplicate, postprocess). Worst dataset:
-#: DiaForcedSource, 171 MB + 660 MB per million rows (2026-11 measurements at 20k, 200k and 740k objects).
-STAGE = MemoryModel(base_mb=180, per_million_mb=660)
-#: Ingesting one night (build + commit in one job): 313 MB + 734 MB per million input rows of all three tables.
-INGEST = MemoryModel(base_mb=320, per_million_mb=740)
-#: Bootstrap (all nights folded and partitioned at once): 346 MB + 1.08 GB per million input rows.
+#: Staging one group of chunks of one dataset (read, verify, conform, de-duplicate, postprocess). Fit over 128 jobs
+#: of nights of 1.1, 4.3 and 17 M rows (benchmarks/results/2026-12-04_stage-scaling_0.25-1-4M-sources.txt): DiaSource
+#: 150 MB + 710 MB, DiaObject 172 + 620, DiaForcedSource 161 + 333 per million rows.
+STAGE = MemoryModel(base_mb=180, per_million_mb=720)
+#: Ingesting one night (build + commit in one job, the whole night): 1029 MB at 1.07 M rows, 3084 MB at 4.28 M
+#: (same benchmark): ~350 MB + 640 MB per million input rows of the three tables.
+INGEST = MemoryModel(base_mb=350, per_million_mb=700)
+#: Bootstrap (all nights folded and partitioned at once): 346 MB + 1.08 GB per million input rows (2026-11
+#: measurement, getrusage: an upper bound, see jobs.peak_rss_mb).
 BOOTSTRAP = MemoryModel(base_mb=350, per_million_mb=1080)
