@@ -317,7 +317,7 @@ def test_crash_anywhere_then_rerun_gives_the_uninterrupted_result(crash_referenc
     # run the same command again; the dead run's collection lock is stale and taken over
     assert (ws.root / "coll.lock").exists()  # held by the dead run
     ws.snakemake("--unlock")
-    rerun = ws.snakemake(target, "--config", f"until={NIGHTS[2]}")
+    rerun = ws.snakemake(target, "--rerun-incomplete", "--config", f"until={NIGHTS[2]}")
     assert "taking over the stale lock of pid" in rerun.stderr
     assert content_digest(ws.collection) == (daily_digest if target == "daily" else weekly_digest)
     versions = ws.collection / "versions"
