@@ -11,7 +11,14 @@ from conftest import write_chunk
 
 from ppdb_lc import apdb, chunks, planning
 from ppdb_lc.generator import DemoSpec, generate_ppdb
-from ppdb_lc.ledger import LedgerEntry, write_ledger
+from ppdb_lc.ledger import (
+    LedgerEntry,
+    LedgerIndex,
+    plan_batches,
+    read_ledger,
+    read_ledger_index,
+    write_ledger,
+)
 from ppdb_lc.settings import Settings
 from ppdb_lc.updates import UPDATE_FILES
 
@@ -142,3 +149,20 @@ def test_bounded_walk_does_not_look_inside_ingested_chunks(archive):
     bounded = chunks.discover(settings.ppdb_dir, skip_ids=ingested)
     assert victim / "leftover" in full.unexpected and victim / "leftover" not in bounded.unexpected
     assert bounded.complete == full.complete and bounded.chunk_dirs == full.chunk_dirs
+
+
+def test_ledger_index_matches_the_ledger(tmp_path):
+    rows = {t: 1 for t in apdb.DATASETS}
+    write_ledger(tmp_path, [
+        LedgerEntry(1795218000, "u,0", "2026-11-20", "2026-11-20", rows),  # a comma: a quoted CSV field
+        LedgerEntry(1795218600, "u1", "2026-11-20", "2026-11-20", rows),
+        LedgerEntry(1795219200, "u2", "2026-11-20", "2026-11-20_2", rows, updates=3, last_update_time=1.5e9),
+        LedgerEntry(1795304400, "u3", "2026-11-21", "2026-11-21", rows),
+    ])
+    index = read_ledger_index(tmp_path)
+    assert index == LedgerIndex.of(read_ledger(tmp_path))
+    assert index.batches_by_night["2026-11-20"] == {"2026-11-20", "2026-11-20_2"}
+    assert read_ledger_index(tmp_path / "none") == LedgerIndex.of([]) == LedgerIndex(frozenset(), {})
+    write_ledger(tmp_path / "empty", [])
+    assert read_ledger_index(tmp_path / "empty") == LedgerIndex(frozenset(), {})
+    assert plan_batches([], index) == []
