@@ -14,7 +14,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-from collections.abc import Iterable, Iterator
+from collections.abc import Collection, Iterable, Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -90,36 +90,79 @@ def _is_manifest(name: str) -> bool:
     return name == NEW_MANIFEST or (name.startswith("chunk_") and name.endswith(".manifest.json"))
 
 
-def find_chunk_dirs(root: Path, unexpected: list[Path] | None = None) -> Iterator[tuple[Path, Path | None]]:
+def find_chunk_dirs(root: Path, unexpected: list[Path] | None = None, *,
+                    skip_ids: Collection[int] | None = None) -> Iterator[tuple[Path, Path | None]]:
     """Yield ``(chunk directory, manifest or None)`` for every chunk directory below ``root`` (both layouts).
 
     A chunk directory is a directory whose name is an integer and that holds a manifest or a table parquet file.
     Directories that are neither that nor a ``YYYY/MM/DD`` level (``1795504200.partial``, say) are not visited and
-    are appended to ``unexpected``.
+    are appended to ``unexpected``. Symbolic links to directories are not followed, and a directory that cannot be
+    listed is passed over (as :func:`os.walk` does).
+
+    ``skip_ids`` (the ledger's chunks) bounds the walk: a directory named by one of these ids (>= 9 digits) is
+    yielded, with ``None`` for its manifest, *without being listed*, so the walk lists the date folders and the new
+    chunks only, not the whole archive (see :func:`discover`).
     """
-    root = Path(root)
-    for dirpath, dirnames, filenames in os.walk(root):
-        dirnames.sort()
-        name = os.path.basename(dirpath)
-        if Path(dirpath) == root:
+    for directory, manifest, _ in _walk(str(root), unexpected, skip_ids):
+        yield Path(directory), None if manifest is None else Path(directory, manifest)
+
+
+def _walk(root: str, unexpected: list[Path] | None,
+          skip: Collection[int] | None) -> Iterator[tuple[str, str | None, bool]]:
+    """:func:`find_chunk_dirs` on strings: ``(directory, manifest name or None, skipped unlisted)``, depth first
+    in name order (the order of a top-down :func:`os.walk` with sorted names)."""
+
+    def subdirs(path: str) -> list[tuple[str, bool]] | None:
+        """Sorted ``(name, walk into)`` of the sub-directories of ``path`` and its file names, or None if unlistable."""
+        dirs: list[tuple[str, bool]] = []
+        files: list[str] = []
+        try:
+            with os.scandir(path) as entries:
+                for entry in entries:
+                    try:
+                        is_dir = entry.is_dir()
+                    except OSError:
+                        is_dir = False
+                    if is_dir:
+                        dirs.append((entry.name, not entry.is_symlink()))
+                    else:
+                        files.append(entry.name)
+        except OSError:
+            return None
+        dirs.sort()
+        listing[path] = files
+        return dirs
+
+    listing: dict[str, list[str]] = {}
+    top = subdirs(root)
+    if top is None:
+        return
+    stack = [(os.path.join(root, name), name) for name, walk_into in reversed(top) if walk_into]
+    while stack:
+        dirpath, name = stack.pop()
+        if skip is not None and len(name) >= 9 and name.isdigit() and int(name) in skip:
+            yield dirpath, None, True  # an ingested chunk: counted, not listed
             continue
+        children = subdirs(dirpath)
+        if children is None:
+            continue
+        filenames = listing.pop(dirpath)
         if not name.isdigit():
             if unexpected is not None:
                 unexpected.append(Path(dirpath))
-            dirnames.clear()
             continue
         manifests = sorted(f for f in filenames if _is_manifest(f))
         has_table = any(f in UPDATE_FILES or f.removesuffix(".parquet") in apdb.DATASETS for f in filenames)
         if manifests:
-            yield Path(dirpath), Path(dirpath) / manifests[0]
+            yield dirpath, manifests[0], False
         elif has_table or len(name) >= 9:
             # A chunk id is a Unix time (>= 9 digits); a bare year/month/day folder is never one.
-            yield Path(dirpath), None
-        elif not _date_level(Path(dirpath), root) and unexpected is not None:
+            yield dirpath, None, False
+        elif not _date_level(Path(dirpath), Path(root)) and unexpected is not None:
             unexpected.append(Path(dirpath))
         # Chunk directories hold no sub-directories worth visiting.
-        if manifests or has_table:
-            dirnames.clear()
+        if not (manifests or has_table):
+            stack.extend((os.path.join(dirpath, child), child) for child, walk_into in reversed(children) if walk_into)
 
 
 def read_manifest(path: Path) -> dict:
@@ -376,30 +419,41 @@ def read_verified(chunk: Chunk, path: Path) -> bytes:
 
 
 def discover(root: Path, *, until: str | None = None, skip_ids: Iterable[int] = (),
-             row_cache: Path | None = None) -> Discovery:
+             row_cache: Path | None = None, prune: bool = True) -> Discovery:
     """Walk ``root`` and classify every chunk not in ``skip_ids`` whose night is ``<= until``.
 
     Chunks already ingested (``skip_ids``) are not opened at all, so discovery cost grows with new chunks only.
+    With ``prune`` (the default) their directories are not even listed: the walk lists the ``YYYY/MM/DD`` folders,
+    the export root and the new chunk directories, whatever the size of the archive. A new chunk in an old day
+    folder is still found (every day folder is listed: its date says nothing about the chunks in it). What the
+    bounded walk does not see is the *content* of an ingested chunk's directory, which the full walk
+    (``prune=False``) looks at in two cases only: such a directory holding no manifest and no table file anymore
+    would be descended into (its sub-directories reported as unexpected or as chunks), and one that cannot be
+    listed would not be counted in ``chunk_dirs``. Both would be damage to already ingested input, which
+    discovery does not check in either mode (their files are never opened).
     """
     root = Path(root)
     if not root.is_dir():
         raise FileNotFoundError(f"PPDB directory {root} does not exist")
-    skip = set(skip_ids)
+    skip = skip_ids if isinstance(skip_ids, (set, frozenset)) else set(skip_ids)
     complete: list[Chunk] = []
     incomplete: list[tuple[Path, str]] = []
     invalid: list[tuple[Path, str]] = []
     unexpected: list[Path] = []
     seen = 0
-    for directory, manifest in find_chunk_dirs(root, unexpected):
+    for dirpath, manifest_name, skipped in _walk(str(root), unexpected, skip if prune else None):
         seen += 1
+        if skipped:
+            continue
+        directory = Path(dirpath)
         chunk_id = int(directory.name)
         if chunk_id in skip or (until is not None and dayobs(chunk_id) > until):
             continue
-        if manifest is None:
+        if manifest_name is None:
             incomplete.append((directory, "no manifest yet"))
             continue
         try:
-            complete.append(check_chunk(directory, manifest, row_cache=row_cache))
+            complete.append(check_chunk(directory, directory / manifest_name, row_cache=row_cache))
         except InvalidChunkError as err:
             invalid.append((directory, str(err)))
     complete.sort(key=lambda chunk: chunk.chunk_id)

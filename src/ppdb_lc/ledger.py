@@ -172,12 +172,51 @@ def update_history(collection: Path, source_ids: set[int], forced_keys: set[tupl
     return pa.concat_tables(parts) if parts else updates.empty_records()
 
 
-def plan_batches(new_chunks: list[Chunk], ledger: list[LedgerEntry]) -> list[Batch]:
+@dataclass(frozen=True)
+class LedgerIndex:
+    """What planning needs from a ledger: the ingested chunk ids and the batch names already used per night."""
+
+    chunk_ids: frozenset[int]
+    batches_by_night: dict[str, frozenset[str]]
+
+    @classmethod
+    def of(cls, ledger: list[LedgerEntry] | LedgerIndex) -> LedgerIndex:
+        if isinstance(ledger, LedgerIndex):
+            return ledger
+        by_night: dict[str, set[str]] = {}
+        for entry in ledger:
+            by_night.setdefault(entry.night, set()).add(entry.batch)
+        return cls(frozenset(e.chunk_id for e in ledger), {n: frozenset(b) for n, b in by_night.items()})
+
+
+def read_ledger_index(collection: Path | None) -> LedgerIndex:
+    """:class:`LedgerIndex` of a collection's ledger, read column-wise (the workflow reads it at every parse: a
+    ledger of 10^5 chunks takes ~0.5 s through :func:`read_ledger`, ~20x less here)."""
+    if collection is None or not (Path(collection) / LEDGER_PATH).exists():
+        return LedgerIndex(frozenset(), {})
+    import pyarrow.csv as pacsv
+
+    table = pacsv.read_csv(
+        Path(collection) / LEDGER_PATH,
+        parse_options=pacsv.ParseOptions(newlines_in_values=True),
+        convert_options=pacsv.ConvertOptions(
+            include_columns=["chunk_id", "night", "batch"],
+            column_types={"chunk_id": pa.int64(), "night": pa.string(), "batch": pa.string()},
+            strings_can_be_null=False,
+        ),
+    )
+    pairs = table.group_by(["night", "batch"]).aggregate([])
+    by_night: dict[str, set[str]] = {}
+    for night, batch in zip(pairs["night"].to_pylist(), pairs["batch"].to_pylist(), strict=True):
+        by_night.setdefault(night, set()).add(batch)
+    return LedgerIndex(frozenset(table["chunk_id"].to_pylist()), {n: frozenset(b) for n, b in by_night.items()})
+
+
+def plan_batches(new_chunks: list[Chunk], ledger: list[LedgerEntry] | LedgerIndex) -> list[Batch]:
     """Group chunks not in the ledger into batches, one per night, in night order."""
-    known = {entry.chunk_id for entry in ledger}
-    earlier_batches: dict[str, set[str]] = {}
-    for entry in ledger:
-        earlier_batches.setdefault(entry.night, set()).add(entry.batch)
+    index = LedgerIndex.of(ledger)
+    known = index.chunk_ids
+    earlier_batches = index.batches_by_night
     by_night: dict[str, list[Chunk]] = {}
     for chunk in new_chunks:
         if chunk.chunk_id not in known:

@@ -12,7 +12,7 @@ from pathlib import Path
 
 from ppdb_lc.apdb import DATASETS
 from ppdb_lc.chunks import Discovery, dayobs, discover
-from ppdb_lc.ledger import BOOTSTRAP, Batch, plan_batches, read_ledger
+from ppdb_lc.ledger import BOOTSTRAP, Batch, plan_batches, read_ledger_index
 from ppdb_lc.settings import Settings
 from ppdb_lc.versions import VersionedCollection, version_label
 
@@ -74,12 +74,12 @@ class Plan:
 
 def make_plan(settings: Settings) -> Plan:
     current = VersionedCollection(settings.collection_dir).current()
-    ledger = read_ledger(current)
+    ledger = read_ledger_index(current)
     if not Path(settings.ppdb_dir).is_dir():
         empty = Discovery(complete=[], incomplete=[], invalid=[])
         return Plan(version=current.name if current else None, batches=[], discovery=empty,
                     export_error=f"PPDB export directory {settings.ppdb_dir} does not exist")
-    found = discover(settings.ppdb_dir, until=settings.until, skip_ids=[e.chunk_id for e in ledger],
+    found = discover(settings.ppdb_dir, until=settings.until, skip_ids=ledger.chunk_ids,
                      row_cache=Path(settings.work_dir) / ROW_CHECKS)
     return Plan(
         version=current.name if current else None,
