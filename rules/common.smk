@@ -1,5 +1,6 @@
 # Config validation and the run's plan (what is pending), computed once when the workflow is parsed; the
 # collection lock and the cleaning of leftovers at the start of a run (ppdb_lc.runs).
+import functools
 import logging
 import os
 import sys
@@ -46,8 +47,9 @@ def batch_of(name):
     return BOOTSTRAP if name == "bootstrap" else BATCHES[name]
 
 
+@functools.cache  # asked once per job by several input, param and resource functions
 def stage_parts(batch, dataset):
-    """The batch's chunks in staging jobs (groups of consecutive chunks of one night, sizing.rows_per_stage_job)."""
+    """The batch's chunks in staging jobs (groups of consecutive chunks of one night, sharding.rows_per_stage_job)."""
     found = batch_of(batch)
     return found.stage_parts(dataset, SETTINGS.rows_per_stage_job) if found is not None else []
 

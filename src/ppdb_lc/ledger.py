@@ -60,17 +60,19 @@ class Batch:
         are resolved again across parts in chunk order (:func:`ppdb_lc.stage.read_staged`). A chunk is never split:
         one larger than ``rows_per_job`` is a part of its own. Update records (few) are staged in one part.
         """
+        ordered = sorted(self.chunks, key=lambda c: (c.night, c.chunk_id))
+        if dataset not in apdb.DATASETS:
+            return [ordered]
         parts: list[list[Chunk]] = []
-        for night in sorted({chunk.night for chunk in self.chunks}):
-            rows = rows_per_job + 1  # start a new part for each night
-            for chunk in sorted((c for c in self.chunks if c.night == night), key=lambda c: c.chunk_id):
-                n = chunk.rows(dataset) if dataset in apdb.DATASETS else 0
-                if rows + n > rows_per_job and (dataset in apdb.DATASETS or not parts):
-                    parts.append([])
-                    rows = 0
-                parts[-1].append(chunk)
-                rows += n
-        return parts or [[]]
+        rows = 0
+        for chunk in ordered:
+            n = chunk.rows(dataset)
+            if not parts or parts[-1][-1].night != chunk.night or rows + n > rows_per_job:
+                parts.append([])
+                rows = 0
+            parts[-1].append(chunk)
+            rows += n
+        return parts
 
 
 def read_ledger(collection: Path | None) -> list[LedgerEntry]:
