@@ -68,7 +68,9 @@ class Plan:
             lines.append(f"UNEXPECTED directory {path}: not a chunk (its name is not a chunk id) nor a YYYY/MM/DD "
                          "level; not read")
         if self.export_error:
-            lines.append(f"ERROR: {self.export_error}")
+            # a fact here (`snakemake demo` is about to create the export); the targets that read the export
+            # raise it as an error (common.smk check_export)
+            lines.append(f"no PPDB export to read: {self.export_error}")
         return "\n".join(lines)
 
 
