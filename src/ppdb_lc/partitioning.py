@@ -3,10 +3,15 @@
 Rows are placed by their ``_healpix_29`` spatial index. Under an existing partitioning every row inside current
 coverage goes to the pixel that contains it (existing pixels never split between compactions); rows outside get
 new pixels from hats' own alignment functions, computed from the histogram of those rows only.
+
+A dense field can put more than ``threshold`` rows into one cell at the highest order, which hats' alignment
+rejects. Such a cell becomes an *oversize leaf pixel* at the highest order (going deeper is the only way to split
+it) and everything else is partitioned with the configured threshold exactly as hats would (:func:`new_pixels`).
 """
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Sequence
 
 import numpy as np
@@ -15,6 +20,8 @@ from hats.pixel_math import healpix_shim as hp
 from hats.pixel_math.partition_stats import generate_alignment, generate_incremental_alignment
 from hats.pixel_math.spatial_index import spatial_index_to_healpix
 from hats.pixel_tree.pixel_tree import PixelTree
+
+log = logging.getLogger(__name__)
 
 
 def sorted_pixels(pixels: Sequence[HealpixPixel]) -> list[HealpixPixel]:
@@ -42,6 +49,16 @@ def _alignment_pixels(alignment: np.ndarray, used_cells: np.ndarray) -> list[Hea
     return sorted_pixels({HealpixPixel(int(alignment[cell][0]), int(alignment[cell][1])) for cell in used_cells})
 
 
+def _warn_oversize(counts: np.ndarray, oversize: np.ndarray, *, order: int, threshold: int) -> None:
+    shown = ", ".join(f"{order}/{int(cell)} ({int(counts[cell])} rows)" for cell in oversize[:10])
+    more = f" and {len(oversize) - 10} more" if len(oversize) > 10 else ""
+    log.warning(
+        "%d pixel(s) at the highest order hold more rows than catalog.pixel_threshold %d and are kept as oversize "
+        "leaf pixels (order/pixel): %s%s; raise catalog.highest_healpix_order or catalog.pixel_threshold to split "
+        "them", len(oversize), threshold, shown, more,
+    )
+
+
 def new_pixels(
     healpix29: np.ndarray,
     existing: Sequence[HealpixPixel],
@@ -51,24 +68,37 @@ def new_pixels(
     lowest_order: int = 0,
 ) -> list[HealpixPixel]:
     """Pixels (spatially sorted) for rows outside ``existing`` coverage, never overlapping it, each with at most
-    ``threshold`` rows.
+    ``threshold`` rows, except oversize leaf pixels (below).
 
     Only the rows' own histogram is aligned; with no existing pixel this is hats' standard alignment, otherwise
     hats' incremental alignment (the costly one, so callers pass only the uncovered rows and skip the call when
     there are none).
+
+    A cell at ``order`` holding more than ``threshold`` rows cannot be split without a higher order, and hats
+    rejects it. Its count is capped at ``threshold`` for the alignment: any larger pixel holding it together with
+    other rows then still exceeds the threshold (as with the true count), so every other row is placed exactly as
+    hats would place it, and the cell's own pixel holds no other row; that pixel becomes the cell itself (hats'
+    standard alignment may have chosen a larger pixel holding only that cell). One WARNING names such cells.
+    Without oversize cells the result is exactly hats' alignment.
     """
     if len(healpix29) == 0:
         return []
     counts = histogram(healpix29, order)
     used = np.flatnonzero(counts)
+    oversize = used[counts[used] > threshold]
+    aligned = np.minimum(counts, threshold) if len(oversize) else counts
     if existing:
         alignment = generate_incremental_alignment(
-            counts, [(p.order, p.pixel) for p in existing], highest_order=order, lowest_order=lowest_order,
+            aligned, [(p.order, p.pixel) for p in existing], highest_order=order, lowest_order=lowest_order,
             threshold=threshold,
         )
     else:
-        alignment = generate_alignment(counts, highest_order=order, lowest_order=lowest_order, threshold=threshold)
-    return _alignment_pixels(alignment, used)
+        alignment = generate_alignment(aligned, highest_order=order, lowest_order=lowest_order, threshold=threshold)
+    if not len(oversize):
+        return _alignment_pixels(alignment, used)
+    _warn_oversize(counts, oversize, order=order, threshold=threshold)
+    regular = _alignment_pixels(alignment, used[counts[used] <= threshold])
+    return sorted_pixels([*regular, *(HealpixPixel(order, int(cell)) for cell in oversize)])
 
 
 def partition(
