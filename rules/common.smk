@@ -36,6 +36,8 @@ wildcard_constraints:
     batch=r"bootstrap|\d{4}-\d{2}-\d{2}(_\d+)?",
     run=r"v\d{6}-[^/]+|new-\d+",
     part=r"\d+",
+    shard=r"\d{4}",
+    writer=r"\d{4}",
     dataset="|".join(STAGED),
 
 
@@ -73,8 +75,25 @@ def stage_mem_mb(wildcards):
     return sizing.STAGE.request_mb(sum(chunk.rows(wildcards.dataset) for chunk in part_chunks(wildcards)))
 
 
+def night_rows(batch):
+    return sum(batch_of(batch).rows(ds) for ds in DATASETS)
+
+
 def ingest_mem_mb(wildcards):
-    return sizing.INGEST.request_mb(sum(batch_of(wildcards.batch).rows(ds) for ds in DATASETS))
+    """The commit job; it also builds a night of one shard."""
+    if ingest_shards(wildcards.batch) > 1:
+        return sizing.COMMIT.request_mb(0)
+    return sizing.INGEST.request_mb(night_rows(wildcards.batch))
+
+
+def changes_mem_mb(wildcards):
+    return sizing.CHANGES.request_mb(night_rows(wildcards.batch))
+
+
+def shard_mem_mb(wildcards):
+    """A shard or writer job: its share of the night (+ one staging part read at a time, for a shard)."""
+    return sizing.SHARD.request_mb(night_rows(wildcards.batch) / ingest_shards(wildcards.batch)
+                                   + SETTINGS.rows_per_stage_job)
 
 
 def bootstrap_mem_mb(wildcards):
@@ -85,6 +104,29 @@ def staged(batch):
     """Staged parts of a batch, per dataset (the update records: one part)."""
     return {ds: [work("batches", batch, "staged", ds, f"part{i:03d}") for i in range(len(stage_parts(batch, ds)))]
             for ds in STAGED}
+
+
+@functools.cache
+def ingest_shards(batch):
+    """Shard (and writer) jobs of a night's build, from its manifest row counts (1: built inside the commit job)."""
+    return batch_of(batch).ingest_shards(SETTINGS.rows_per_ingest_job)
+
+
+def shard_summaries(batch, run):
+    return [work("batches", batch, "build", run, "shards", f"{k:04d}", "summary.json")
+            for k in range(ingest_shards(batch))]
+
+
+def ingest_input(wildcards):
+    """The commit job's inputs: the staged parts and the previous night's commit; for a sharded night, the
+    outputs of its writer jobs (which depend on those)."""
+    if ingest_shards(wildcards.batch) == 1:
+        return {**staged(wildcards.batch), "previous": previous_commit(wildcards)}
+    build = work("batches", wildcards.batch, "build", wildcards.run)
+    return {"writers": [os.path.join(build, "writers", f"{j:04d}", "summary.json")
+                        for j in range(ingest_shards(wildcards.batch))],
+            "changes": os.path.join(build, "changes", "summary.json"),
+            "shards": shard_summaries(wildcards.batch, wildcards.run)}
 
 
 def committed(batch, run=RUN):

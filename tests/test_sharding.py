@@ -6,9 +6,12 @@ fall into different parts are resolved again when the parts are read (``stage.re
 
 from __future__ import annotations
 
+import collections
+import json
 import shutil
 from pathlib import Path
 
+import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
@@ -79,12 +82,13 @@ def test_memory_requests_grow_with_the_rows_of_a_job() -> None:
 
 @pytest.mark.parametrize("rows_per_job", [200])
 def test_sharded_daily_equals_unsharded_daily(workspace: Workspace, tmp_path_factory, rows_per_job: int) -> None:
-    """The same bootstrap + dailies with small staging parts and with one part per night: the same files."""
+    """The same bootstrap + dailies with small staging parts and many ingest shards and writers, and with one
+    part per night and one ingest job: the same files (the index: the same rows, one file per writer)."""
     ws = workspace
     unsharded = Workspace(tmp_path_factory.mktemp("unsharded"))
     shutil.copytree(ws.ppdb, unsharded.ppdb)
-    ws.write_config(sharding={"rows_per_stage_job": rows_per_job})
-    unsharded.write_config(sharding={"rows_per_stage_job": 10**9})
+    ws.write_config(sharding={"rows_per_stage_job": rows_per_job, "rows_per_ingest_job": 2 * rows_per_job})
+    unsharded.write_config(sharding={"rows_per_stage_job": 10**9, "rows_per_ingest_job": 10**9})
     for run in (ws, unsharded):
         run.snakemake("bootstrap", "--config", f"until={NIGHTS[1]}")
         out = run.snakemake("daily")
@@ -92,17 +96,48 @@ def test_sharded_daily_equals_unsharded_daily(workspace: Workspace, tmp_path_fac
     single = len(list((unsharded.work / "logs" / "stage_dataset").rglob("part*.log")))
     # one part per night and table: bootstrap (2 nights x 3 tables + its update records) + 2 nights x 4
     assert single == 2 * 3 + 1 + 2 * 4 and stage_jobs > 2 * single, (stage_jobs, single)
+    shard_logs = sorted((ws.work / "logs" / "ingest_shard").rglob("*.log"))
+    writer_logs = sorted((ws.work / "logs" / "ingest_write").rglob("*.log"))
+    nights = {log.parent.name for log in shard_logs}
+    assert nights == set(NIGHTS[2:]) and len(shard_logs) == len(writer_logs) >= 2 * 4, shard_logs
+    assert not (unsharded.work / "logs" / "ingest_shard").exists()
     assert "rule ingest_batch" in out.stdout + out.stderr
     ours, theirs = ws.published, unsharded.published
     assert ours.name == theirs.name
-    files = sorted(p.relative_to(ours) for p in ours.rglob("*.parquet") if "ingest" not in p.parts)
-    assert files == sorted(p.relative_to(theirs) for p in theirs.rglob("*.parquet") if "ingest" not in p.parts)
-    assert len(files) >= 20  # catalog, margin and index files of the bootstrap and both nights
+
+    def data_files(version: Path) -> list[Path]:
+        return sorted(p.relative_to(version) for p in version.rglob("*.parquet")
+                      if "ingest" not in p.parts and "index" not in p.parts[1:])
+
+    files = data_files(ours)
+    assert files == data_files(theirs)
+    assert len(files) >= 15  # catalog and margin files of the bootstrap and both nights
     for path in files:
         assert pq.read_table(ours / path).equals(pq.read_table(theirs / path)), path
+    index = {}
+    for version in (ours, theirs):
+        files = sorted((version / "dia_object_lc_diaObjectId" / "dataset").rglob("*.parquet"))
+        rows = pa.concat_tables(pq.read_table(p) for p in files if not p.name.startswith("_"))
+        index[version] = rows.sort_by([(c, "ascending") for c in rows.column_names])
+    assert index[ours].num_rows > 0 and index[ours].equals(index[theirs])
     for log in ("ledger.csv", "pending_updates.parquet"):
         a, b = ours / "ingest" / log, theirs / "ingest" / log
         if log.endswith(".csv"):
             assert a.read_text() == b.read_text()
         else:
             assert pq.read_table(a).equals(pq.read_table(b))
+    exercised = collections.Counter()
+    for night in NIGHTS[2:]:  # the night update logs (statuses of every record) and the summaries' counts
+        assert pq.read_table(ours / "ingest" / "updates" / f"{night}.parquet").equals(
+            pq.read_table(theirs / "ingest" / "updates" / f"{night}.parquet"))
+        a, b = (json.loads((v / "ingest" / "batches" / f"{night}.json").read_text()) for v in (ours, theirs))
+        volatile = {"build_seconds", "commit_seconds", "version", "shards", "writers"}
+        assert {k: v for k, v in a.items() if k not in volatile} == {k: v for k, v in b.items() if k not in volatile}
+        assert a["shards"] >= 4 and b["shards"] == 1
+        exercised.update({"reassigned": a["updates"]["records_applied"].get("reassign_diasource_to_diaobject", 0),
+                          "withdrawn": a["updates"]["records_applied"].get("withdraw_diasource", 0),
+                          "re-emitted": a["re_emitted_copies_in_night"]["DiaSource"],
+                          "orphans": a["orphan_rows"], "moved": a["updates"]["sources_moved_from_committed_rows"],
+                          "created": len(a["pixels_created"])})
+    print(exercised)
+    assert all(exercised[k] > 0 for k in ("reassigned", "withdrawn", "re-emitted", "orphans", "moved")), exercised

@@ -195,8 +195,9 @@ def object_properties(
     )
 
 
-def dir_size_kib(path: Path) -> int:
-    return sum(f.stat().st_size for f in Path(path).rglob("*") if f.is_file()) // 1024
+def dir_size_kib(*dirs: Path) -> int:
+    """Size of every file below ``dirs``, in KiB (rounded down once)."""
+    return sum(f.stat().st_size for path in dirs for f in Path(path).rglob("*") if f.is_file()) // 1024
 
 
 def _unlink(path: Path) -> None:

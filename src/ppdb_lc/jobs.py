@@ -141,15 +141,37 @@ def stage_dataset(manifests: Sequence[str], dataset: str, out_dir: str, config: 
 
 
 def ingest_batch(name: str, night: str, manifests: Sequence[str], staged: dict[str, list[str]], build_dir: str,
-                 marker: str, config: dict[str, Any], log: str, skipped: Sequence[str] = ()) -> None:
+                 marker: str, config: dict[str, Any], log: str, skipped: Sequence[str] = (), shards: int = 1) -> None:
+    """The night's commit; with one shard, its whole build too (see :mod:`ppdb_lc.shards`)."""
     from ppdb_lc import nightly
 
     with job_log(log):
         faults.point("ingest_batch")
         batch = _batch(name, night, manifests, config, skipped)
         summary = nightly.ingest_batch(batch, {k: [Path(p) for p in v] for k, v in staged.items()}, Path(build_dir),
-                                       Settings.from_config(config))
+                                       Settings.from_config(config), shard_count=shards)
         _write_json(marker, summary)
+
+
+def ingest_step(step: str, name: str, night: str, staged: dict[str, list[str]], build_dir: str, index: int,
+                shards: int, config: dict[str, Any], log: str) -> None:
+    """One job of a sharded night's build: ``changes``, ``shard`` ``index`` or ``writer`` ``index`` of ``shards``."""
+    from ppdb_lc import shards as sharded
+
+    with job_log(log):
+        faults.point(f"ingest_{step}")
+        batch = Batch(name=name, night=night, chunks=[])
+        layout = sharded.Layout(Path(build_dir))
+        settings = Settings.from_config(config)
+        paths = {k: [Path(p) for p in v] for k, v in staged.items()}
+        if step == "changes":
+            sharded.build_changes(batch, paths, layout, settings, shards)
+        elif step == "shard":
+            sharded.build_shard(batch, paths, layout, settings, index, shards)
+        elif step == "writer":
+            sharded.build_writer(batch, layout, settings, index, shards)
+        else:
+            raise ValueError(f"unknown ingest step {step!r}")
 
 
 def bootstrap(manifests: Sequence[str], staged: dict[str, list[str]], scratch: str, marker: str, config: dict[str, Any],

@@ -53,6 +53,11 @@ class Batch:
     def rows(self, dataset: str) -> int:
         return sum(chunk.rows(dataset) for chunk in self.chunks)
 
+    def ingest_shards(self, rows_per_job: int) -> int:
+        """Shards (and writers) the night's build is split into: ``rows_per_job`` input rows (all tables, manifest
+        counts) each; 1: the build runs inside the commit job (:mod:`ppdb_lc.shards`)."""
+        return max(1, -(-sum(self.rows(ds) for ds in apdb.DATASETS) // max(1, rows_per_job)))
+
     def stage_parts(self, dataset: str, rows_per_job: int) -> list[list[Chunk]]:
         """The batch's chunks in staging jobs of at most ``rows_per_job`` rows of ``dataset`` (manifest counts).
 

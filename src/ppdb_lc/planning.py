@@ -28,6 +28,7 @@ class Plan:
     problems: list[str] = field(default_factory=list)
     export_error: str | None = None  # the export directory is missing or holds no chunk at all (unmounted?)
     rows_per_stage_job: int = 1_000_000  # settings.rows_per_stage_job: how batches are split into staging jobs
+    rows_per_ingest_job: int = 500_000  # settings.rows_per_ingest_job: how a night's build is sharded
 
     @property
     def collection_exists(self) -> bool:
@@ -57,7 +58,9 @@ class Plan:
             rows = ", ".join(f"{ds} {batch.rows(ds)}" for ds in DATASETS)
             jobs = ", ".join(f"{len(batch.stage_parts(ds, self.rows_per_stage_job))} {ds}" for ds in DATASETS)
             lines.append(f"pending night {batch.night} as batch {batch.name}: {len(batch.chunks)} chunks ({rows} rows); "
-                         f"staged in {jobs} job(s) of <= {self.rows_per_stage_job} rows")
+                         f"staged in {jobs} job(s) of <= {self.rows_per_stage_job} rows; "
+                         + (f"built in {n} shard and {n} writer jobs of ~{self.rows_per_ingest_job} rows"
+                            if (n := batch.ingest_shards(self.rows_per_ingest_job)) > 1 else "built in one job"))
         if not self.batches:
             lines.append("no new complete chunks")
         for path, reason in self.discovery.incomplete:
@@ -89,6 +92,7 @@ def make_plan(settings: Settings) -> Plan:
         discovery=found,
         problems=[f"{path}: {reason}" for path, reason in found.invalid],
         rows_per_stage_job=settings.rows_per_stage_job,
+        rows_per_ingest_job=settings.rows_per_ingest_job,
         export_error=None if found.chunk_dirs else (
             f"PPDB export directory {settings.ppdb_dir} holds no chunk directory (empty or not mounted?)"),
     )

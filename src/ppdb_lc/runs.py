@@ -6,7 +6,8 @@ process only, after the DAG is built and before the first job (never for ``-n``)
 Work-directory layout (``work_dir``)::
 
     batches/<batch>/staged/<dataset>/     staging output of a pending batch (temporary, reused by a rerun)
-    batches/<batch>/build/                ingest job's build directory (removed when committed)
+    batches/<batch>/build/<version>/      a night's build by the run planned on <version>: changes, shards,
+                                          writers (removed when committed; a rerun of that run reuses it)
     runs/<version>/<batch>.committed.json marker of a batch committed by the run planned on <version>
     row_checks/                           cached verdicts of the per-row checks of chunk files (a week)
     weekly/compacted-<version>.json       marker of the weekly built from <version>
@@ -31,7 +32,8 @@ from ppdb_lc.versions import CollectionStateError, VersionedCollection
 log = logging.getLogger(__name__)
 
 #: rules whose jobs write the collection or the work directory's batch state: a run with one of them takes the lock
-WRITING_RULES = frozenset({"stage_dataset", "ingest_batch", "bootstrap_collection", "compact_collection"})
+WRITING_RULES = frozenset({"stage_dataset", "ingest_changes", "ingest_shard", "ingest_write", "ingest_batch",
+                           "bootstrap_collection", "compact_collection"})
 
 
 ROW_CHECKS_TTL_S = 7 * 86400
@@ -79,7 +81,9 @@ def clean_work_dir(work_dir: Path, *, planned_version: str | None, pending: set[
         if batch_dir.name not in pending:
             removed.append(batch_dir)  # committed (or no longer planned): its staging is not needed any more
         else:
-            removed += [p for p in (batch_dir / "build", batch_dir / "scratch") if p.exists()]
+            builds = batch_dir / "build"  # build/<version the run was planned on>: reused by a rerun of that run
+            removed += [p for p in builds.iterdir() if p.name != planned_version] if builds.is_dir() else []
+            removed += [batch_dir / "scratch"] if (batch_dir / "scratch").exists() else []
     weekly = work_dir / "weekly"
     if weekly.is_dir():
         marker = f"compacted-{planned_version}.json"

@@ -72,6 +72,7 @@ class Settings:
     validate_commits: bool = True
     on_invalid_chunk: str = "error"
     rows_per_stage_job: int = 1_000_000
+    rows_per_ingest_job: int = 500_000
 
     @classmethod
     def from_config(cls, config: dict[str, Any]) -> Settings:
@@ -94,4 +95,6 @@ class Settings:
             validate_commits=bool(config.get("validate_commits", defaults.validate_commits)),
             on_invalid_chunk=str(config.get("on_invalid_chunk", defaults.on_invalid_chunk)),
             rows_per_stage_job=int(config.get("sharding", {}).get("rows_per_stage_job", defaults.rows_per_stage_job)),
+            rows_per_ingest_job=int(config.get("sharding", {}).get("rows_per_ingest_job",
+                                                                   defaults.rows_per_ingest_job)),
         )

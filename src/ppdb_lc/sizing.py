@@ -42,3 +42,9 @@ INGEST = MemoryModel(base_mb=350, per_million_mb=700)
 #: Bootstrap (all nights folded and partitioned at once): 346 MB + 1.08 GB per million input rows (2026-11
 #: measurement, getrusage: an upper bound, see jobs.peak_rss_mb).
 BOOTSTRAP = MemoryModel(base_mb=350, per_million_mb=1080)
+#: Sharded ingest (provisional, to be refitted with benchmarks/stage_scaling.py): a shard reads one staging part at
+#: a time and holds its share of the night; a writer holds its pixels' rows and their margins' candidates;
+#: changes holds key columns of the night's DiaSources; the commit of a sharded night holds no rows.
+SHARD = MemoryModel(base_mb=350, per_million_mb=700)
+CHANGES = MemoryModel(base_mb=300, per_million_mb=60)
+COMMIT = MemoryModel(base_mb=400, per_million_mb=0)

@@ -1,0 +1,657 @@
+"""The nightly build split into jobs of bounded memory: changes, object shards, pixel writers.
+
+A night's rows are too many for one job at Rubin scale, so the build (:mod:`ppdb_lc.nightly`) runs in three
+steps, each a set of independent jobs whose memory is set by ``sharding.rows_per_ingest_job``:
+
+1. **changes** (one job): the update records (the night's and the pending ones) and the re-emitted rows whose
+   targets are already committed, resolved against the published collection by a copy-on-write revision
+   (:func:`ppdb_lc.revise.revise`); the DiaSource copies re-emitted under another ``diaObjectId`` in another
+   staging part (the only re-emitted copies two shards could both hold); the night's rows that update records
+   reassign to another object (they change shard). Reads key columns of the night, full rows of the targets only.
+2. **shards** (``N`` jobs): shard ``k`` takes the rows whose object hashes to ``k`` (:func:`shard_of`; a source by
+   its object after the records are applied, so a reassigned point goes to its new object's shard), resolves
+   re-emitted copies and object versions, applies the records and nests the light curves
+   (:func:`ppdb_lc.lightcurves.nest_batch`). Every row of an object is in its shard, so nesting, orphan
+   positions and latest versions are exactly those of the whole night. Output: the shard's catalog rows sorted by
+   ``_healpix_29``, their histogram, the positions outside the published coverage, what the records found.
+3. **writers** (``N`` jobs): every writer computes the night's pixels from the shards' small outputs (new pixels
+   from the histogram of all uncovered rows, with hats' alignment, exactly as one job would), splits them into
+   ``N`` groups of consecutive pixels with equal row counts, and writes its group: one dated file per pixel, the
+   margin files of its pixels (border rows read from every shard by ``_healpix_29`` range), the margin backfill of
+   the pixels it creates, and its index rows.
+
+The light commit (:func:`ppdb_lc.nightly.commit_batch`) then gathers the summaries (:func:`assemble`). One shard
+and one writer in one process is the unsharded build, so there is one code path: the sharded result equals it
+row for row, file for file (the index is written as one file per writer).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import shutil
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import cdshealpix.nested as cds
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+from hats.catalog import PartitionInfo, TableProperties
+from hats.io import paths
+from hats.pixel_math import HealpixPixel
+from hats.pixel_math.spatial_index import SPATIAL_INDEX_COLUMN, spatial_index_to_healpix
+
+from ppdb_lc import apdb, catalog, collection, lightcurves, margins, partitioning, postprocess, revise, stage, updates
+from ppdb_lc.ledger import Batch, last_store_time, read_ledger, read_pending, update_history, write_records
+from ppdb_lc.settings import Settings
+from ppdb_lc.versions import CollectionStateError, VersionedCollection
+
+log = logging.getLogger(__name__)
+CHUNK = apdb.REPLICA_CHUNK_COLUMN
+MJD_UNIX_EPOCH = 40587.0  # MJD of 1970-01-01 (TAI-based Unix seconds and MJD TAI share the scale)
+PART, ROW = "_part", "_row"  # where a row came from: staging part and row in it (restores the night's row order)
+ROWS_FILE = "rows.parquet"
+ROW_GROUP = 8192  # rows per row group of a shard's rows: writers read only the row groups of their ranges
+GOLDEN = np.uint64(0x9E3779B97F4A7C15)
+
+
+class StaleBuildError(RuntimeError):
+    """The build was made against a collection version that is no longer published."""
+
+
+def shard_of(object_ids: pa.Array | pa.ChunkedArray | np.ndarray, shards: int) -> np.ndarray:
+    """Shard of each row, from its ``diaObjectId`` (Fibonacci hash, so consecutive ids spread); null: shard 0."""
+    if shards == 1:
+        return np.zeros(len(object_ids), dtype=np.int64)
+    if isinstance(object_ids, np.ndarray):
+        ids, valid = object_ids.astype(np.int64), np.ones(len(object_ids), dtype=bool)
+    else:
+        valid = pc.is_valid(object_ids).to_numpy(zero_copy_only=False)
+        ids = pc.fill_null(object_ids, 0).to_numpy(zero_copy_only=False).astype(np.int64)
+    mixed = (ids.view(np.uint64) * GOLDEN) >> np.uint64(32)
+    return np.where(valid, (mixed % np.uint64(shards)).astype(np.int64), 0)
+
+
+def published(settings: Settings) -> Path:
+    base = VersionedCollection(settings.collection_dir).current()
+    if base is None:
+        raise CollectionStateError(
+            f"no collection at {settings.collection_dir}: build it first with `snakemake bootstrap`"
+        )
+    return base
+
+
+def _check_base(base: Path, expected: str, what: str) -> None:
+    if base.name != expected:
+        raise StaleBuildError(f"{what} was planned on {expected} but {base.name} is published now; "
+                              "run the workflow again to rebuild the night")
+
+
+def _fresh(directory: Path) -> Path:
+    if directory.exists():
+        shutil.rmtree(directory)
+    directory.mkdir(parents=True)
+    return directory
+
+
+def _write_json(path: Path, data: dict) -> None:
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(data, indent=1))
+    tmp.replace(path)
+
+
+def _staged_files(parts: Sequence[Path], night: str) -> list[tuple[int, Path]]:
+    return [(i, stage.staged_file(p, night)) for i, p in enumerate(parts) if stage.staged_file(p, night).exists()]
+
+
+def _re_emitted(path: Path) -> int:
+    return int((pq.read_schema(path).metadata or {}).get(stage.RE_EMITTED_KEY, b"0"))
+
+
+def _forced_keys(table: pa.Table) -> pd.DataFrame:
+    return pd.DataFrame({k: table[k].to_numpy() for k in apdb.ROW_KEY["DiaForcedSource"]})
+
+
+def _without_keys(table: pa.Table, keys: pd.DataFrame) -> pa.Table:
+    """``table`` without the forced sources whose key is in ``keys``."""
+    if keys.empty or table.num_rows == 0:
+        return table
+    merged = _forced_keys(table).merge(keys.drop_duplicates().assign(_x=1), how="left")
+    return table.filter(pa.array(merged["_x"].isna().to_numpy()))
+
+
+def _found(sources: set[int], forced: set[tuple[int, int, int]], objects: dict[int, int]) -> dict:
+    """Record targets found, as JSON."""
+    return {"found_sources": sorted(int(i) for i in sources),
+            "found_forced": sorted([int(a), int(b), int(c)] for a, b, c in forced),
+            "found_objects": {str(int(k)): int(v) for k, v in objects.items()}}
+
+
+# -- 1. changes ---------------------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class Layout:
+    """Where the jobs of one night's build write (below the batch's build directory)."""
+
+    build: Path
+
+    @property
+    def changes(self) -> Path:
+        return self.build / "changes"
+
+    def shard(self, k: int) -> Path:
+        return self.build / "shards" / f"{k:04d}"
+
+    def writer(self, j: int) -> Path:
+        return self.build / "writers" / f"{j:04d}"
+
+
+def _cross_part_losers(parts: Sequence[Path], night: str) -> pd.DataFrame:
+    """DiaSource copies that lose to a copy in another staging part (``_part``, ``diaSourceId``).
+
+    Within a part staging kept the earliest chunk's copy; across parts the same rule
+    (:func:`postprocess.first_copies`) is applied here to the ids alone, so shards never see two copies of one
+    source even when they were emitted under different objects.
+    """
+    frames = []
+    for i, path in _staged_files(parts, night):
+        t = pq.read_table(path, columns=["diaSourceId", CHUNK])
+        frames.append(pd.DataFrame({PART: np.full(t.num_rows, i, np.int64), "diaSourceId": t["diaSourceId"].to_numpy(),
+                                    CHUNK: pc.fill_null(t[CHUNK], np.iinfo(np.int64).max).to_numpy()}))
+    if len(frames) < 2:
+        return pd.DataFrame({PART: np.empty(0, np.int64), "diaSourceId": np.empty(0, np.int64)})
+    ids = pd.concat(frames, ignore_index=True)
+    ids["_order"] = np.arange(len(ids))  # concatenation order: the tie-break of first_copies
+    repeated = ids[ids.duplicated("diaSourceId", keep=False)]
+    first = repeated.sort_values(["diaSourceId", CHUNK, "_order"]).drop_duplicates("diaSourceId", keep="first")
+    losers = repeated.drop(index=first.index)
+    return losers[[PART, "diaSourceId"]].reset_index(drop=True)
+
+
+def _old_rows(parts: Sequence[Path], night: str, dataset: str, limit: float, losers: pd.DataFrame) -> pd.DataFrame:
+    """Key, chunk and position of the night's rows observed before ``limit`` (MJD), re-emitted copies resolved.
+
+    Copies of one measurement share its time, so filtering by time before resolving copies selects the same rows.
+    """
+    columns = [*apdb.ROW_KEY[dataset], CHUNK, "ra", "dec"]
+    tables = []
+    for i, path in _staged_files(parts, night):
+        t = pq.read_table(path, columns=[*columns, lightcurves.TIME_COLUMN])
+        t = t.filter(pc.less(t[lightcurves.TIME_COLUMN], limit)).select(columns)
+        if dataset == "DiaSource" and not losers.empty:
+            gone = losers.loc[losers[PART] == i, "diaSourceId"].to_numpy()
+            t = t.filter(pc.invert(pc.is_in(t["diaSourceId"], pa.array(gone, pa.int64()))))
+        tables.append(t)
+    if not tables:
+        return pd.DataFrame()
+    table = postprocess.first_copies(pa.concat_tables(tables), dataset)
+    return table.to_pandas()
+
+
+def _reassigned_rows(parts: Sequence[Path], night: str, effects: updates.Effects) -> pa.Table | None:
+    """The night's DiaSource rows targeted by source records (they may change object, so shard), with their
+    ``_part`` and ``_row``; only the row groups holding them are read."""
+    if effects.sources.empty:
+        return None
+    wanted = pa.array(np.unique(effects.source_ids()), pa.int64())
+    found = []
+    for i, path in _staged_files(parts, night):
+        handle = pq.ParquetFile(path)
+        ids = handle.read(columns=["diaSourceId"])["diaSourceId"]
+        rows = np.flatnonzero(pc.is_in(ids, wanted).to_numpy(zero_copy_only=False))
+        if not len(rows):
+            continue
+        starts = np.cumsum([0] + [handle.metadata.row_group(g).num_rows for g in range(handle.num_row_groups)])
+        groups = np.unique(np.searchsorted(starts, rows, side="right") - 1)
+        table = handle.read_row_groups(groups.tolist())
+        offset = np.concatenate([np.arange(starts[g], starts[g + 1]) for g in groups])
+        keep = np.isin(offset, rows)
+        table = table.filter(pa.array(keep))
+        found.append(table.append_column(PART, pa.array(np.full(table.num_rows, i), pa.int64()))
+                     .append_column(ROW, pa.array(offset[keep], pa.int64())))
+    return pa.concat_tables(found) if found else None
+
+
+def build_changes(batch: Batch, staged: dict[str, list[Path]], layout: Layout, settings: Settings, shards: int
+                  ) -> dict:
+    """Step 1: resolve the night's update records and re-emitted rows against the collection; see module doc."""
+    names = settings.names
+    base = published(settings)
+    out = _fresh(layout.changes)
+    schema = lightcurves.catalog_schema(settings.keep_float64)
+    base_catalog = base / names.catalog
+    existing = partitioning.sorted_pixels(PartitionInfo.read_from_dir(base_catalog).get_healpix_pixels())
+    margin_props = TableProperties.read_from_dir(base / names.margin)
+    morder = margins.margin_order(float(margin_props.margin_threshold), existing)
+
+    records = stage.read_staged(staged[stage.UPDATES], batch.night, stage.UPDATES)
+    pending_before = read_pending(base)
+    all_records = pa.concat_tables([pending_before, records])  # pending first: status[len(pending):] is the night's
+    losers = _cross_part_losers(staged["DiaSource"], batch.night)
+    horizon = last_store_time(read_ledger(base))
+    old = {"DiaSource": pd.DataFrame(), "DiaForcedSource": pd.DataFrame()}
+    if horizon is not None:  # rows observed before the last committed store may have a committed copy
+        limit = horizon / 86400.0 + MJD_UNIX_EPOCH
+        for dataset in old:
+            old[dataset] = _old_rows(staged[dataset], batch.night, dataset, limit, losers)
+    effects = updates.reduce(all_records)
+    lookups = revise.Lookups(effects, all_records["ra"].to_numpy(zero_copy_only=False),
+                             all_records["dec"].to_numpy(zero_copy_only=False), old["DiaSource"],
+                             old["DiaForcedSource"])
+    revision = revise.Revision()
+    if not effects.empty or not old["DiaSource"].empty or not old["DiaForcedSource"].empty:
+        revision = revise.revise(
+            base_catalog, existing, lookups, margin_dir=base / names.margin, margin_order=morder,
+            out_catalog=out / "rewrite" / "catalog", out_margin=out / "rewrite" / "margin", schema=schema,
+            margin_schema=pq.read_schema(Path(paths.get_common_metadata_pointer(base / names.margin).path)),
+        )
+    # records that changed a replaced committed copy apply again to the night's (earlier) copy
+    applied = all_records
+    if revision.replaced_sources or revision.replaced_forced:
+        history = update_history(base, revision.replaced_sources, revision.replaced_forced)
+        if history.num_rows:
+            applied = pa.concat_tables([all_records, history])
+    write_records(out / "applied_records.parquet", applied)
+    write_records(out / "all_records.parquet", all_records)
+    write_records(out / "night_records.parquet", records)
+    pq.write_table(pa.Table.from_pandas(losers, preserve_index=False), out / "cross_part_losers.parquet")
+    pq.write_table(pa.table({"diaSourceId": pa.array(sorted(revision.kept_sources), pa.int64())}),
+                   out / "kept_sources.parquet")
+    kept_forced = pd.DataFrame(sorted(revision.kept_forced), columns=list(apdb.ROW_KEY["DiaForcedSource"]),
+                               dtype=np.int64)
+    pq.write_table(pa.Table.from_pandas(kept_forced, preserve_index=False), out / "kept_forced.parquet")
+    reassigned = _reassigned_rows(staged["DiaSource"], batch.night, updates.reduce(applied))
+    if reassigned is not None:
+        pq.write_table(reassigned, out / "reassigned_sources.parquet")
+    if revision.moved_sources:
+        pq.write_table(pa.concat_tables(revision.moved_sources, promote_options="permissive"),
+                       out / "moved_sources.parquet")
+    dropped = (np.concatenate(revision.dropped_healpix29) if revision.dropped_healpix29
+               else np.empty(0, np.int64))
+    np.save(out / "dropped_healpix29.npy", dropped)
+    moved = [m["diaObjectId"].combine_chunks() for m in revision.moved_sources]
+    ss = int(pc.sum(pc.is_null(pa.concat_arrays(moved))).as_py() or 0) if moved else 0
+    summary = {
+        "base_version": base.name,
+        "shards": shards,
+        "pending_before": pending_before.num_rows,
+        "re_emitted_in_parts": {ds: sum(_re_emitted(p) for _, p in _staged_files(staged[ds], batch.night))
+                                for ds in ("DiaSource", "DiaForcedSource")},
+        "cross_part_source_copies": len(losers),
+        **_found(revision.found_sources, revision.found_forced, revision.found_objects),
+        "moved": sum(len(m) for m in moved) - ss,
+        "moved_to_ssobjects": ss,
+        "kept_sources": len(revision.kept_sources),
+        "kept_forced": len(revision.kept_forced),
+        "replaced": len(revision.replaced_sources) + len(revision.replaced_forced),
+        "files_scanned": revision.files_scanned,
+        "files_rewritten": revision.files_rewritten,
+        "margin_files_rewritten": revision.margin_files_rewritten,
+        "rows_dropped": revision.rows_dropped,
+        "margin_rows_delta": revision.margin_rows_delta,
+    }
+    _write_json(out / "summary.json", summary)
+    log.info("changes of %s: %d records (%d pending before), %d files rewritten, %d re-emitted copies across "
+             "staging parts, %d reassigned night rows", batch.name, all_records.num_rows, pending_before.num_rows,
+             len(revision.files_rewritten), len(losers), 0 if reassigned is None else reassigned.num_rows)
+    return summary
+
+
+# -- 2. shards ----------------------------------------------------------------------------------------------------
+def _shard_rows(parts: Sequence[Path], night: str, dataset: str, shard: int, shards: int, losers: pd.DataFrame,
+                extra: pa.Table | None) -> tuple[pa.Table, int]:
+    """The night's staged rows of ``dataset`` whose object is in ``shard``, in the night's row order, re-emitted
+    copies and object versions resolved as :func:`stage.read_staged` does; and the copies it dropped here.
+
+    ``extra``: rows from other shards that may move here (reassigned sources, with ``_part``/``_row``).
+    """
+    files = _staged_files(parts, night)
+    if not files:
+        raise FileNotFoundError(f"no staged {dataset} rows for night {night} in {[str(p) for p in parts]}")
+    tables = []
+    for i, path in files:
+        t = pq.read_table(path)
+        mine = shard_of(t["diaObjectId"], shards) == shard
+        t = t.append_column(PART, pa.array(np.full(t.num_rows, i), pa.int64())).append_column(
+            ROW, pa.array(np.arange(t.num_rows), pa.int64()))
+        tables.append(t.filter(pa.array(mine)).replace_schema_metadata(None))
+    if extra is not None and extra.num_rows:
+        others = shard_of(extra["diaObjectId"], shards) != shard  # those of this shard are already here
+        tables.append(extra.filter(pa.array(others)).select(tables[0].schema.names).cast(tables[0].schema))
+    table = pa.concat_tables(tables)
+    if dataset == "DiaSource" and not losers.empty:
+        keys = pd.DataFrame({PART: table[PART].to_numpy(), "diaSourceId": table["diaSourceId"].to_numpy()})
+        gone = keys.merge(losers.assign(_x=1), how="left")["_x"].notna().to_numpy()
+        table = table.filter(pa.array(~gone))
+    table = table.take(pc.sort_indices(table, sort_keys=[(PART, "ascending"), (ROW, "ascending")]))
+    table = table.drop_columns([PART, ROW])
+    dropped = 0
+    if len(files) > 1:  # as read_staged: versions and copies across parts
+        if dataset == "DiaObject":
+            table = postprocess.latest_versions(table)
+        else:
+            unique = postprocess.first_copies(table, dataset)
+            dropped = table.num_rows - unique.num_rows
+            table = unique
+    return table, dropped
+
+
+def build_shard(batch: Batch, staged: dict[str, list[Path]], layout: Layout, settings: Settings, shard: int,
+                shards: int) -> dict:
+    """Step 2: nest the light curves of the objects of ``shard``; see module doc."""
+    names = settings.names
+    changes = json.loads((layout.changes / "summary.json").read_text())
+    base = published(settings)
+    _check_base(base, changes["base_version"], f"night {batch.name}")
+    out = _fresh(layout.shard(shard))
+    schema = lightcurves.catalog_schema(settings.keep_float64)
+    base_catalog = base / names.catalog
+    order = int(TableProperties.read_from_dir(base_catalog).skymap_order)
+    existing = partitioning.sorted_pixels(PartitionInfo.read_from_dir(base_catalog).get_healpix_pixels())
+    applied = pq.read_table(layout.changes / "applied_records.parquet")
+    effects = updates.reduce(applied)
+    losers = pq.read_table(layout.changes / "cross_part_losers.parquet").to_pandas()
+    reassigned_path = layout.changes / "reassigned_sources.parquet"
+    reassigned = pq.read_table(reassigned_path) if reassigned_path.exists() else None
+
+    objects, _ = _shard_rows(staged["DiaObject"], batch.night, "DiaObject", shard, shards, losers, None)
+    sources, dropped_s = _shard_rows(staged["DiaSource"], batch.night, "DiaSource", shard, shards, losers,
+                                     reassigned)
+    forced, dropped_f = _shard_rows(staged["DiaForcedSource"], batch.night, "DiaForcedSource", shard, shards,
+                                    losers, None)
+    # re-emitted rows: a committed copy from an earlier (or the same) chunk wins over the night's
+    kept_sources = pq.read_table(layout.changes / "kept_sources.parquet")["diaSourceId"]
+    if len(kept_sources):
+        sources = sources.filter(pc.invert(pc.is_in(sources["diaSourceId"], kept_sources)))
+    forced = _without_keys(forced, pq.read_table(layout.changes / "kept_forced.parquet").to_pandas())
+    flat = updates.apply_to_flat(objects, sources, forced, effects)
+    night_sources = flat.sources.filter(pa.array(shard_of(flat.sources["diaObjectId"], shards) == shard))
+    parts = [night_sources]
+    moved_path = layout.changes / "moved_sources.parquet"
+    if moved_path.exists():
+        moved = pq.read_table(moved_path)
+        moved = moved.filter(pa.array(shard_of(moved["diaObjectId"], shards) == shard))
+        parts.append(moved.select(night_sources.schema.names).cast(night_sources.schema))
+    rows, stats = lightcurves.nest_batch(flat.objects, pa.concat_tables(parts), flat.forced, schema)
+    pq.write_table(rows, out / ROWS_FILE, row_group_size=ROW_GROUP, compression="zstd")
+    hp29 = rows[SPATIAL_INDEX_COLUMN].to_numpy()
+    cells, counts = np.unique(spatial_index_to_healpix(hp29, target_order=order), return_counts=True)
+    np.save(out / "histogram.npy", np.stack([cells.astype(np.int64), counts.astype(np.int64)]))
+    np.save(out / "uncovered_healpix29.npy", hp29[partitioning.locate(hp29, existing) < 0])
+    summary = {
+        "shard": shard,
+        "base_version": base.name,
+        "rows": rows.num_rows,
+        "objects": stats.objects,
+        "orphan_rows": stats.orphan_rows,
+        "sources": stats.sources,
+        "forced_sources": stats.forced_sources,
+        "solar_system_sources": stats.solar_system_sources,
+        "re_emitted_across_parts": {"DiaSource": dropped_s, "DiaForcedSource": dropped_f},
+        **_found(flat.found_sources, flat.found_forced, flat.found_objects),
+    }
+    _write_json(out / "summary.json", summary)
+    log.info("shard %d/%d of %s: %d objects, %d orphan rows, %d sources, %d forced sources -> %d rows", shard + 1,
+             shards, batch.name, stats.objects, stats.orphan_rows, stats.sources, stats.forced_sources, rows.num_rows)
+    return summary
+
+
+# -- 3. writers ---------------------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class NightPixels:
+    """The night's partitioning, identical in every writer: computed from the shards' small outputs."""
+
+    pixels: list[HealpixPixel]  # existing + created, spatially sorted
+    created: list[HealpixPixel]
+    rows_per_pixel: np.ndarray
+    margin_order: int
+
+    def groups(self, writers: int) -> np.ndarray:
+        """Writer of each pixel: consecutive pixels, about the same number of the night's rows per writer."""
+        total = int(self.rows_per_pixel.sum())
+        if writers == 1 or total == 0:
+            return np.zeros(len(self.pixels), dtype=np.int64)
+        before = np.concatenate([[0], np.cumsum(self.rows_per_pixel)[:-1]])
+        return np.minimum(before * writers // total, writers - 1).astype(np.int64)
+
+
+def night_pixels(layout: Layout, shards: int, settings: Settings, base: Path) -> NightPixels:
+    names = settings.names
+    base_catalog = base / names.catalog
+    order = int(TableProperties.read_from_dir(base_catalog).skymap_order)
+    existing = partitioning.sorted_pixels(PartitionInfo.read_from_dir(base_catalog).get_healpix_pixels())
+    uncovered = np.concatenate([np.load(layout.shard(k) / "uncovered_healpix29.npy") for k in range(shards)])
+    created = (partitioning.new_pixels(uncovered, existing, order=order, threshold=settings.pixel_threshold)
+               if len(uncovered) else [])
+    pixels = partitioning.sorted_pixels([*existing, *created])
+    rows_per_pixel = np.zeros(len(pixels), dtype=np.int64)
+    for k in range(shards):
+        cells, counts = np.load(layout.shard(k) / "histogram.npy")
+        slots = partitioning.locate(cells << (2 * (29 - order)), pixels)
+        if (slots < 0).any():
+            raise RuntimeError(f"{int(counts[slots < 0].sum())} rows fall outside every pixel after alignment")
+        np.add.at(rows_per_pixel, slots, counts)
+    threshold = float(TableProperties.read_from_dir(base / names.margin).margin_threshold)
+    return NightPixels(pixels, created, rows_per_pixel, margins.margin_order(threshold, pixels))
+
+
+def _near(cells: np.ndarray, order: int) -> np.ndarray:
+    """``cells`` and all their neighbours at ``order`` (sorted, unique)."""
+    if not len(cells):
+        return cells
+    ring = np.asarray(cds.neighbours(cells.astype(np.uint64), order), dtype=np.int64).ravel()
+    return np.unique(np.concatenate([cells, ring[ring >= 0]]))
+
+
+def _read_rows(path: Path, wanted: np.ndarray) -> pa.Table:
+    """Rows of a shard's file at positions ``wanted`` (ascending), reading only the row groups that hold them."""
+    handle = pq.ParquetFile(path)
+    starts = np.cumsum([0] + [handle.metadata.row_group(g).num_rows for g in range(handle.num_row_groups)])
+    groups = np.unique(np.searchsorted(starts, wanted, side="right") - 1)
+    table = handle.read_row_groups(groups.tolist())
+    offset = np.concatenate([np.arange(starts[g], starts[g + 1]) for g in groups])
+    return table.filter(pa.array(np.isin(offset, wanted)))
+
+
+def build_writer(batch: Batch, layout: Layout, settings: Settings, writer: int, writers: int) -> dict:
+    """Step 3: write the night's files of one group of pixels; see module doc."""
+    names = settings.names
+    changes = json.loads((layout.changes / "summary.json").read_text())
+    base = published(settings)
+    _check_base(base, changes["base_version"], f"night {batch.name}")
+    shards = int(changes["shards"])
+    out = _fresh(layout.writer(writer))
+    schema = lightcurves.catalog_schema(settings.keep_float64)
+    base_catalog = base / names.catalog
+    existing = partitioning.sorted_pixels(PartitionInfo.read_from_dir(base_catalog).get_healpix_pixels())
+    night = night_pixels(layout, shards, settings, base)
+    pixels, morder = night.pixels, night.margin_order
+    mine = np.flatnonzero(night.groups(writers) == writer)
+    shift = 2 * (29 - morder)
+    border = _near(np.unique(np.concatenate(
+        [margins.border_cells(pixels[int(s)], morder) for s in mine] or [np.empty(0, np.int64)])), morder)
+
+    # the rows of my pixels and the rows that may lie in their margins, from every shard, in (position, id) order
+    candidates = []
+    for k in range(shards):
+        path = layout.shard(k) / ROWS_FILE
+        hp29 = pq.read_table(path, columns=[SPATIAL_INDEX_COLUMN])[SPATIAL_INDEX_COLUMN].to_numpy()
+        wanted = np.isin(partitioning.locate(hp29, pixels), mine) | np.isin(hp29 >> shift, border)
+        if wanted.any():
+            candidates.append(_read_rows(path, np.flatnonzero(wanted)))
+    rows = pa.concat_tables(candidates) if candidates else schema.empty_table()
+    rows = rows.take(pc.sort_indices(rows, sort_keys=[(SPATIAL_INDEX_COLUMN, "ascending"),
+                                                      (lightcurves.OBJECT_ID, "ascending")]))
+    hp29 = rows[SPATIAL_INDEX_COLUMN].to_numpy()
+    slots = partitioning.locate(hp29, pixels)
+    in_group = np.isin(slots, mine)
+    file_name = f"{batch.name}.parquet"
+    own = rows.filter(pa.array(in_group))
+    counts = catalog.write_pixel_slices(own, slots[in_group], pixels, out / "catalog", file_name)
+
+    margin_schema = pq.read_schema(Path(paths.get_common_metadata_pointer(base / names.margin).path))
+    m_rows, m_slots = margins.margin_targets(hp29, slots, pixels, morder)
+    keep = np.isin(m_slots, mine)
+    margin_rows = rows.take(pa.array(m_rows[keep])).select(margin_schema.names).cast(margin_schema.remove_metadata())
+    margin_counts = catalog.write_pixel_slices(margin_rows, m_slots[keep], pixels, out / "margin", file_name)
+    backfill_rows = 0  # existing rows near the pixels created tonight, in files named like their catalog files
+    backfill: dict[str, list[tuple[pa.Table, np.ndarray]]] = {}
+    for pixel in night.created:
+        if pixels.index(pixel) not in set(mine.tolist()):
+            continue
+        for name, table in _border_rows_from(base_catalog, layout.changes / "rewrite" / "catalog", pixel, existing,
+                                             morder, schema).items():
+            backfill.setdefault(name, []).append((table, np.full(table.num_rows, pixels.index(pixel))))
+    for name, parts in backfill.items():
+        table = pa.concat_tables([t for t, _ in parts]).select(margin_schema.names).cast(margin_schema.remove_metadata())
+        written = catalog.write_pixel_slices(table, np.concatenate([s for _, s in parts]), pixels, out / "margin", name)
+        for pixel, n in written.items():
+            margin_counts[pixel] = margin_counts.get(pixel, 0) + n
+        backfill_rows += table.num_rows
+
+    index_schema = pq.read_schema(Path(paths.get_common_metadata_pointer(base / names.index).path))
+    (out / "index").mkdir()
+    index_name = file_name if writers == 1 else f"{batch.name}_{writer:04d}.parquet"
+    pq.write_table(collection.index_rows(own[lightcurves.OBJECT_ID].to_numpy(), hp29[in_group], slots[in_group],
+                                         pixels, index_schema, names.index_column), out / "index" / index_name)
+    summary = {
+        "writer": writer,
+        "base_version": base.name,
+        "rows": own.num_rows,
+        "pixels_touched": {f"{p.order}/{p.pixel}": n for p, n in counts.items()},
+        "margin_pixels": {f"{p.order}/{p.pixel}": n for p, n in margin_counts.items()},
+        "margin_rows": margin_rows.num_rows + backfill_rows,
+        "rows_read": rows.num_rows,
+    }
+    _write_json(out / "summary.json", summary)
+    log.info("writer %d/%d of %s: %d rows into %d pixels, %d margin rows (%d rows read from %d shards)",
+             writer + 1, writers, batch.name, own.num_rows, len(counts), summary["margin_rows"], rows.num_rows, shards)
+    return summary
+
+
+def _border_rows_from(base_catalog: Path, rewritten_catalog: Path, pixel: HealpixPixel,
+                      existing: Sequence[HealpixPixel], order: int, schema: pa.Schema) -> dict[str, pa.Table]:
+    """Rows of existing pixels that lie in the margin of a newly created ``pixel``, per file name (a margin file
+    ``Q/<name>`` holds border rows of the catalog files ``P/<name>``); files rewritten tonight are read from
+    ``rewritten_catalog``."""
+    cells = margins.border_cells(pixel, order)
+    owners = partitioning.locate(cells << (2 * (29 - order)), existing)
+    parts: dict[str, list[pa.Table]] = {}
+    for slot in np.unique(owners[owners >= 0]):
+        for _, path in catalog.pixel_files(base_catalog, [existing[int(slot)]]):
+            fresh = rewritten_catalog / path.relative_to(base_catalog)
+            table = pq.read_table(fresh if fresh.exists() else path, schema=schema)
+            mask = margins.rows_in_border(table[SPATIAL_INDEX_COLUMN].to_numpy(), pixel, order)
+            if mask.any():
+                parts.setdefault(path.name, []).append(table.filter(pa.array(mask)))
+    return {name: pa.concat_tables(tables) for name, tables in parts.items()}
+
+
+# -- the summary the commit needs ---------------------------------------------------------------------------------
+def _pixel_key(pixel: HealpixPixel) -> list[int]:
+    return [int(pixel.order), int(pixel.pixel)]
+
+
+def assemble(batch: Batch, layout: Layout, settings: Settings, writers: int, started: float) -> dict:
+    """Gather the jobs' outputs into the build's ``summary.json``, ``histogram.npy``, night update log and pending
+    records (what :func:`ppdb_lc.nightly.commit_batch` reads); return the summary."""
+    import time
+
+    changes = json.loads((layout.changes / "summary.json").read_text())
+    shards = int(changes["shards"])
+    base = published(settings)
+    _check_base(base, changes["base_version"], f"night {batch.name}")
+    shard_sums = [json.loads((layout.shard(k) / "summary.json").read_text()) for k in range(shards)]
+    writer_sums = [json.loads((layout.writer(j) / "summary.json").read_text()) for j in range(writers)]
+    night = night_pixels(layout, shards, settings, base)
+
+    all_records = pq.read_table(layout.changes / "all_records.parquet")
+    records = pq.read_table(layout.changes / "night_records.parquet")
+    found_sources = set(changes["found_sources"])
+    found_forced = {tuple(k) for k in changes["found_forced"]}
+    found_flat: dict[int, int] = {}
+    for s in shard_sums:
+        found_sources |= set(s["found_sources"])
+        found_forced |= {tuple(k) for k in s["found_forced"]}
+        found_flat = updates.earliest_versions(found_flat, {int(k): v for k, v in s["found_objects"].items()})
+    status = updates.statuses(all_records, found_sources, found_forced, updates.earliest_versions(
+        found_flat, {int(k): v for k, v in changes["found_objects"].items()}))
+    still_pending = updates.in_order(all_records.filter(pa.array(status == updates.PENDING)))
+    pending_before = int(changes["pending_before"])
+    log_table = records.append_column("status", pa.array(status[pending_before:].tolist(), pa.string()))
+    write_records(layout.build / "updates.parquet", log_table)
+    write_records(layout.build / "pending_updates.parquet", still_pending)
+    counts = {
+        "records_received": updates.counts_by_type(records),
+        "records_pending_before": pending_before,
+        "records_applied": updates.counts_by_type(all_records, status == updates.APPLIED),
+        "records_superseded": updates.counts_by_type(all_records, status == updates.SUPERSEDED),
+        "records_pending": updates.counts_by_type(all_records, status == updates.PENDING),
+        "sources_moved_from_committed_rows": changes["moved"],
+        "sources_reassigned_to_ssobjects_committed": changes["moved_to_ssobjects"],
+        "re_emitted_sources_already_committed": changes["kept_sources"],
+        "re_emitted_forced_sources_already_committed": changes["kept_forced"],
+        "committed_copies_replaced_by_earlier_chunks": changes["replaced"],
+        "files_scanned_for_targets": changes["files_scanned"],
+        "files_rewritten": len(changes["files_rewritten"]),
+        "margin_files_rewritten": len(changes["margin_files_rewritten"]),
+        "rows_dropped": changes["rows_dropped"],
+    }
+    order = int(TableProperties.read_from_dir(base / settings.names.catalog).skymap_order)
+    histogram = np.zeros(12 * 4**order, dtype=np.int64)
+    for k in range(shards):
+        cells, n = np.load(layout.shard(k) / "histogram.npy")
+        np.add.at(histogram, cells, n)
+    dropped = np.load(layout.changes / "dropped_healpix29.npy")
+    if len(dropped):
+        histogram -= partitioning.histogram(dropped, order)
+    np.save(layout.build / "histogram.npy", histogram)
+
+    def total(key: str) -> int:
+        return sum(int(s[key]) for s in shard_sums)
+
+    touched: dict[str, int] = {}
+    margin_pixels: dict[str, int] = {}
+    for w in writer_sums:
+        touched.update(w["pixels_touched"])
+        margin_pixels.update(w["margin_pixels"])
+    pixel_order = {f"{p.order}/{p.pixel}": i for i, p in enumerate(night.pixels)}
+    summary = {
+        "batch": batch.name,
+        "night": batch.night,
+        "base_version": base.name,
+        "chunks": [c.chunk_id for c in batch.chunks],
+        "chunks_skipped": list(batch.skipped),
+        "rows_in": {ds: batch.rows(ds) for ds in apdb.DATASETS},
+        "re_emitted_copies_in_night": {
+            ds: changes["re_emitted_in_parts"][ds] + sum(s["re_emitted_across_parts"][ds] for s in shard_sums)
+            + (changes["cross_part_source_copies"] if ds == "DiaSource" else 0)
+            for ds in ("DiaSource", "DiaForcedSource")},
+        "objects_latest_versions": total("objects"),
+        "orphan_rows": total("orphan_rows"),
+        "sources_nested": total("sources"),
+        "forced_sources_nested": total("forced_sources"),
+        "solar_system_sources_skipped": total("solar_system_sources"),
+        "updates": counts,
+        "catalog_rows_added": total("rows"),
+        "catalog_rows_dropped": changes["rows_dropped"],
+        "margin_rows_added": sum(int(w["margin_rows"]) for w in writer_sums),
+        "margin_rows_changed": changes["margin_rows_delta"],
+        "pixels": [_pixel_key(p) for p in night.pixels],
+        "pixels_touched": dict(sorted(touched.items(), key=lambda kv: pixel_order[kv[0]])),
+        "pixels_created": [_pixel_key(p) for p in night.created],
+        "margin_pixels": dict(sorted(margin_pixels.items(), key=lambda kv: pixel_order[kv[0]])),
+        "files_rewritten": changes["files_rewritten"],
+        "margin_files_rewritten": changes["margin_files_rewritten"],
+        "shards": shards,
+        "writers": writers,
+        "build_seconds": round(time.time() - started, 3),
+    }
+    _write_json(layout.build / "summary.json", summary)
+    log.info("built %s: %d rows (%d orphan rows) into %d pixels (%d new), %d margin rows in %d shard(s) and %d "
+             "writer(s); updates %s", batch.name, summary["catalog_rows_added"], summary["orphan_rows"], len(touched),
+             len(night.created), summary["margin_rows_added"], shards, writers, counts)
+    return summary
