@@ -12,6 +12,7 @@ rule stage_dataset:
         temp(directory(work("batches", "{batch}", "staged", "{dataset}", "part{part}"))),
     params:
         manifests=part_manifests,
+        shards=lambda wc: 1 if wc.batch == "bootstrap" else ingest_shards(wc.batch),  # rows grouped by shard
     log:
         work("logs", "stage_dataset", "{batch}", "{dataset}", "part{part}.log"),
     benchmark:

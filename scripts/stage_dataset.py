@@ -10,4 +10,4 @@ from ppdb_lc import jobs  # noqa: E402
 
 if __name__ == "__main__":
     jobs.stage_dataset(snakemake.params.manifests, snakemake.wildcards.dataset, snakemake.output[0],  # noqa: F821
-                       snakemake.config, snakemake.log[0])  # noqa: F821
+                       snakemake.config, snakemake.log[0], snakemake.params.shards)  # noqa: F821

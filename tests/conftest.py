@@ -61,6 +61,7 @@ class Workspace:
         config.update(ppdb_dir=str(self.ppdb), collection_dir=str(self.collection), work_dir=str(self.work))
         config["catalog"]["pixel_threshold"] = 120
         config["sharding"]["rows_per_stage_job"] = 600  # the larger nights are staged in 2-3 jobs per dataset
+        config["sharding"]["rows_per_ingest_job"] = 1000  # and built in 3-4 shard and writer jobs (the first: 1)
         config.update(overrides)
         self.configfile.write_text(yaml.safe_dump(config))
 

@@ -161,7 +161,8 @@ def test_latest_per_object_tie_break():
 
 
 #: config/config.yaml values that deliberately differ from the schema default (demo scale)
-DEMO_SETTINGS = {("catalog", "pixel_threshold"): 250, ("sharding", "rows_per_stage_job"): 1500}
+DEMO_SETTINGS = {("catalog", "pixel_threshold"): 250, ("sharding", "rows_per_stage_job"): 1500,
+                 ("sharding", "rows_per_ingest_job"): 3000}
 
 
 def test_settings_defaults_match_schema():
@@ -185,6 +186,7 @@ def test_settings_defaults_match_schema():
     assert defaults.validate_commits == props["validate_commits"]["default"]
     assert defaults.on_invalid_chunk == props["on_invalid_chunk"]["default"]
     assert defaults.rows_per_stage_job == props["sharding"]["properties"]["rows_per_stage_job"]["default"]
+    assert defaults.rows_per_ingest_job == props["sharding"]["properties"]["rows_per_ingest_job"]["default"]
     # every schema property with a default is checked above or is the demo section (jobs.py reads it validated)
     checked = {"until", "keep_versions", "validate_commits", "on_invalid_chunk", "catalog", "demo", "sharding"}
     assert {k for k, v in props.items() if "default" in v} <= checked

@@ -11,11 +11,13 @@ import json
 import shutil
 from pathlib import Path
 
+import numpy as np
+import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from conftest import NIGHTS, Workspace
+from conftest import NIGHTS, Workspace, write_chunk
 from ppdb_lc import apdb, sizing, stage
 from ppdb_lc.chunks import discover
 from ppdb_lc.ledger import Batch
@@ -72,6 +74,32 @@ def test_staged_parts_read_as_one_staging_job(demo_export: Path, tmp_path: Path)
     assert split_copies > 0, "the generated export re-emits rows of a night's first chunk in its second chunk"
 
 
+def test_files_staged_for_shards_read_as_unsharded_and_split_exactly(demo_export: Path, tmp_path: Path) -> None:
+    """A file staged for a sharded night groups its rows by shard (row groups): read whole, it is the unsharded
+    file; each shard reads only its own rows, and together they are every row once, with their position."""
+    batch = _batch(demo_export)
+    for ds in apdb.DATASETS:
+        plain, grouped = tmp_path / "plain" / ds, tmp_path / "grouped" / ds
+        stage.stage_dataset(batch.chunks, ds, plain)
+        stage.stage_dataset(batch.chunks, ds, grouped, shards=3)
+        for night in NIGHTS:
+            want = stage.read_staged([plain], night, ds)
+            path = stage.staged_file(grouped, night)
+            assert pq.ParquetFile(path).num_row_groups == 3
+            assert stage.read_part(path).equals(want), (ds, night)
+            assert stage.read_staged([grouped], night, ds, columns=["diaObjectId"]).equals(
+                want.select(["diaObjectId"]))
+            shard = stage.shard_of(want["diaObjectId"], 3)
+            assert set(np.unique(shard)) == {0, 1, 2}
+            for k in range(3):
+                rows = stage.read_part(path, shard=k, shards=3)
+                expected = np.flatnonzero(shard == k)
+                assert rows[stage.ROW].to_numpy().tolist() == expected.tolist()
+                assert rows.drop_columns([stage.ROW]).equals(want.take(pa.array(expected))), (ds, night, k)
+            with pytest.raises(RuntimeError, match="staged for 3 ingest shards, this run builds 2"):
+                stage.read_part(path, shard=0, shards=2)
+
+
 def test_memory_requests_grow_with_the_rows_of_a_job() -> None:
     # the request covers the model's peak + Snakemake's processes, with headroom, in 100 MB steps
     assert sizing.STAGE.request_mb(0) == 600
@@ -80,11 +108,34 @@ def test_memory_requests_grow_with_the_rows_of_a_job() -> None:
     assert sizing.STAGE.request_mb(500_000) < sizing.STAGE.request_mb(1_000_000)
 
 
+EDGE_CHUNK = int(pd.Timestamp("2026-11-24T10:00:00Z").timestamp())  # dayobs 2026-11-23 (the last night)
+EDGE_IDS = np.arange(60, dtype=np.int64) + 8_000_000_000_000
+
+
+def edge_tables(ppdb: Path) -> dict[str, pd.DataFrame]:
+    """Objects just outside the field (and a few far away), each with one source: the last night creates pixels."""
+    objects = pa.concat_tables(pq.read_table(p, columns=["ra", "dec"]) for p in ppdb.rglob("DiaObject.parquet"))
+    ra, dec = objects["ra"].to_numpy(), objects["dec"].to_numpy()
+    rng = np.random.default_rng(5)
+    n = len(EDGE_IDS)
+    edge_ra = np.where(np.arange(n) < n - 5, ra.max() + rng.uniform(0.0, 0.4, n), 210.0 + rng.uniform(0, 0.1, n))
+    edge_dec = np.where(np.arange(n) < n - 5, rng.uniform(dec.min(), dec.max(), n), -20.0 + rng.uniform(0, 0.1, n))
+    mjd = 61368.4
+    return {
+        "DiaObject": pd.DataFrame({"diaObjectId": EDGE_IDS, "validityStartMjdTai": mjd + 0.001, "ra": edge_ra,
+                                   "dec": edge_dec, "nDiaSources": 1, "g_scienceFluxMean": 5000.0}),
+        "DiaSource": pd.DataFrame({"diaSourceId": EDGE_IDS + 1, "diaObjectId": EDGE_IDS, "midpointMjdTai": mjd,
+                                   "ra": edge_ra, "dec": edge_dec, "visit": 99, "detector": 1, "band": "g",
+                                   "scienceFlux": 5000.0, "scienceFluxErr": 50.0, "x": 10.0, "y": 10.0}),
+    }
+
+
 @pytest.mark.parametrize("rows_per_job", [200])
 def test_sharded_daily_equals_unsharded_daily(workspace: Workspace, tmp_path_factory, rows_per_job: int) -> None:
     """The same bootstrap + dailies with small staging parts and many ingest shards and writers, and with one
     part per night and one ingest job: the same files (the index: the same rows, one file per writer)."""
     ws = workspace
+    write_chunk(ws.ppdb, EDGE_CHUNK, edge_tables(ws.ppdb))  # the last night creates pixels
     unsharded = Workspace(tmp_path_factory.mktemp("unsharded"))
     shutil.copytree(ws.ppdb, unsharded.ppdb)
     ws.write_config(sharding={"rows_per_stage_job": rows_per_job, "rows_per_ingest_job": 2 * rows_per_job})
@@ -140,4 +191,5 @@ def test_sharded_daily_equals_unsharded_daily(workspace: Workspace, tmp_path_fac
                           "orphans": a["orphan_rows"], "moved": a["updates"]["sources_moved_from_committed_rows"],
                           "created": len(a["pixels_created"])})
     print(exercised)
-    assert all(exercised[k] > 0 for k in ("reassigned", "withdrawn", "re-emitted", "orphans", "moved")), exercised
+    assert all(exercised[k] > 0 for k in ("reassigned", "withdrawn", "re-emitted", "orphans", "moved", "created")), (
+        exercised)

@@ -275,6 +275,9 @@ def _night(manifest: Path) -> str:
 CRASH_POINTS = [
     ("daily", "stage_dataset"),
     ("daily", "ingest_batch"),
+    ("daily", "ingest_shard"),
+    ("daily", "shard:written"),
+    ("daily", "ingest_write"),
     ("daily", "commit:written"),
     ("daily", "publish:renamed"),
     ("daily", "publish:switched"),

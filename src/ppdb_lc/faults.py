@@ -4,7 +4,7 @@ With ``PPDB_LC_PAUSE_AT=<point>`` and ``PPDB_LC_PAUSE_DIR=<dir>``, the process t
 ``<dir>/<point>`` (its pid) and waits until ``<dir>/<point>.continue`` exists. A test then SIGKILLs the run's
 whole process group there (a crash at exactly that point) or lets it continue after doing something else
 meanwhile (a run that overlaps another). Points: one at the start of every job (its rule name), and
-``commit:written`` / ``weekly:written`` (new version's data written, not yet published), ``publish:renamed``
+``shard:written`` (a shard's rows written, its summary not yet), ``commit:written`` / ``weekly:written`` (new version's data written, not yet published), ``publish:renamed``
 (version renamed into place, not yet switched to), ``publish:switched`` (switched, older versions not yet pruned).
 """
 

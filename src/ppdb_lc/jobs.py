@@ -131,13 +131,14 @@ def _write_json(path: str | Path, data: dict) -> None:
     tmp.replace(path)
 
 
-def stage_dataset(manifests: Sequence[str], dataset: str, out_dir: str, config: dict[str, Any], log: str) -> None:
+def stage_dataset(manifests: Sequence[str], dataset: str, out_dir: str, config: dict[str, Any], log: str,
+                  shards: int = 1) -> None:
     from ppdb_lc import stage
 
     with job_log(log):
         faults.point("stage_dataset")
         chunks = chunks_from_manifests(manifests, config)
-        stage.stage_dataset(chunks, dataset, Path(out_dir), Settings.from_config(config).keep_float64)
+        stage.stage_dataset(chunks, dataset, Path(out_dir), Settings.from_config(config).keep_float64, shards)
 
 
 def ingest_batch(name: str, night: str, manifests: Sequence[str], staged: dict[str, list[str]], build_dir: str,

@@ -183,4 +183,6 @@ def ingest_batch(batch: Batch, staged: dict[str, list[Path]], build_dir: Path, s
         shards.assemble(batch, shards.Layout(build_dir), settings, shard_count, time.time())
     summary = commit_batch(batch, build_dir, settings)
     shutil.rmtree(build_dir, ignore_errors=True)
+    if build_dir.parent.name == "build" and not any(build_dir.parent.iterdir()):
+        build_dir.parent.rmdir()  # batches/<batch>/build/<run>: nothing of the night's build is left
     return summary

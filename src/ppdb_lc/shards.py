@@ -45,7 +45,7 @@ from hats.io import paths
 from hats.pixel_math import HealpixPixel
 from hats.pixel_math.spatial_index import SPATIAL_INDEX_COLUMN, spatial_index_to_healpix
 
-from ppdb_lc import apdb, catalog, collection, lightcurves, margins, partitioning, postprocess, revise, stage, updates
+from ppdb_lc import apdb, catalog, collection, faults, lightcurves, margins, partitioning, postprocess, revise, stage, updates
 from ppdb_lc.ledger import Batch, last_store_time, read_ledger, read_pending, update_history, write_records
 from ppdb_lc.settings import Settings
 from ppdb_lc.versions import CollectionStateError, VersionedCollection
@@ -53,27 +53,16 @@ from ppdb_lc.versions import CollectionStateError, VersionedCollection
 log = logging.getLogger(__name__)
 CHUNK = apdb.REPLICA_CHUNK_COLUMN
 MJD_UNIX_EPOCH = 40587.0  # MJD of 1970-01-01 (TAI-based Unix seconds and MJD TAI share the scale)
-PART, ROW = "_part", "_row"  # where a row came from: staging part and row in it (restores the night's row order)
+PART, ROW = "_part", stage.ROW  # where a row came from: staging part and row in it (the night's row order)
 ROWS_FILE = "rows.parquet"
 ROW_GROUP = 8192  # rows per row group of a shard's rows: writers read only the row groups of their ranges
-GOLDEN = np.uint64(0x9E3779B97F4A7C15)
 
 
 class StaleBuildError(RuntimeError):
     """The build was made against a collection version that is no longer published."""
 
 
-def shard_of(object_ids: pa.Array | pa.ChunkedArray | np.ndarray, shards: int) -> np.ndarray:
-    """Shard of each row, from its ``diaObjectId`` (Fibonacci hash, so consecutive ids spread); null: shard 0."""
-    if shards == 1:
-        return np.zeros(len(object_ids), dtype=np.int64)
-    if isinstance(object_ids, np.ndarray):
-        ids, valid = object_ids.astype(np.int64), np.ones(len(object_ids), dtype=bool)
-    else:
-        valid = pc.is_valid(object_ids).to_numpy(zero_copy_only=False)
-        ids = pc.fill_null(object_ids, 0).to_numpy(zero_copy_only=False).astype(np.int64)
-    mixed = (ids.view(np.uint64) * GOLDEN) >> np.uint64(32)
-    return np.where(valid, (mixed % np.uint64(shards)).astype(np.int64), 0)
+shard_of = stage.shard_of
 
 
 def published(settings: Settings) -> Path:
@@ -153,22 +142,30 @@ def _cross_part_losers(parts: Sequence[Path], night: str) -> pd.DataFrame:
     """DiaSource copies that lose to a copy in another staging part (``_part``, ``diaSourceId``).
 
     Within a part staging kept the earliest chunk's copy; across parts the same rule
-    (:func:`postprocess.first_copies`) is applied here to the ids alone, so shards never see two copies of one
-    source even when they were emitted under different objects.
+    (:func:`postprocess.first_copies`: earliest chunk, then the earlier part) is applied here to the ids alone, so
+    shards never see two copies of one source even when they were emitted under different objects. Holds the
+    night's DiaSource ids (8 bytes each), then only the repeated ones.
     """
+    files = _staged_files(parts, night)
+    empty = pd.DataFrame({PART: np.empty(0, np.int64), "diaSourceId": np.empty(0, np.int64)})
+    if len(files) < 2:
+        return empty
+    ids = [stage.read_part(path, columns=["diaSourceId"])["diaSourceId"].to_numpy() for _, path in files]
+    values, counts = np.unique(np.concatenate(ids), return_counts=True)
+    repeated = values[counts > 1]
+    del values, counts
+    if not len(repeated):
+        return empty
     frames = []
-    for i, path in _staged_files(parts, night):
-        t = pq.read_table(path, columns=["diaSourceId", CHUNK])
-        frames.append(pd.DataFrame({PART: np.full(t.num_rows, i, np.int64), "diaSourceId": t["diaSourceId"].to_numpy(),
-                                    CHUNK: pc.fill_null(t[CHUNK], np.iinfo(np.int64).max).to_numpy()}))
-    if len(frames) < 2:
-        return pd.DataFrame({PART: np.empty(0, np.int64), "diaSourceId": np.empty(0, np.int64)})
-    ids = pd.concat(frames, ignore_index=True)
-    ids["_order"] = np.arange(len(ids))  # concatenation order: the tie-break of first_copies
-    repeated = ids[ids.duplicated("diaSourceId", keep=False)]
-    first = repeated.sort_values(["diaSourceId", CHUNK, "_order"]).drop_duplicates("diaSourceId", keep="first")
-    losers = repeated.drop(index=first.index)
-    return losers[[PART, "diaSourceId"]].reset_index(drop=True)
+    for (i, path), part_ids in zip(files, ids, strict=True):
+        hit = np.flatnonzero(np.isin(part_ids, repeated))
+        if len(hit):
+            chunk = stage.read_part(path, columns=[CHUNK])[CHUNK]
+            frames.append(pd.DataFrame({PART: i, "diaSourceId": part_ids[hit], CHUNK: pc.fill_null(
+                chunk, np.iinfo(np.int64).max).to_numpy()[hit]}))
+    copies = pd.concat(frames, ignore_index=True)
+    first = copies.sort_values(["diaSourceId", CHUNK, PART], kind="stable").drop_duplicates("diaSourceId")
+    return copies.drop(index=first.index)[[PART, "diaSourceId"]].reset_index(drop=True)
 
 
 def _old_rows(parts: Sequence[Path], night: str, dataset: str, limit: float, losers: pd.DataFrame) -> pd.DataFrame:
@@ -179,7 +176,7 @@ def _old_rows(parts: Sequence[Path], night: str, dataset: str, limit: float, los
     columns = [*apdb.ROW_KEY[dataset], CHUNK, "ra", "dec"]
     tables = []
     for i, path in _staged_files(parts, night):
-        t = pq.read_table(path, columns=[*columns, lightcurves.TIME_COLUMN])
+        t = stage.read_part(path, columns=[*columns, lightcurves.TIME_COLUMN])
         t = t.filter(pc.less(t[lightcurves.TIME_COLUMN], limit)).select(columns)
         if dataset == "DiaSource" and not losers.empty:
             gone = losers.loc[losers[PART] == i, "diaSourceId"].to_numpy()
@@ -208,10 +205,11 @@ def _reassigned_rows(parts: Sequence[Path], night: str, effects: updates.Effects
         groups = np.unique(np.searchsorted(starts, rows, side="right") - 1)
         table = handle.read_row_groups(groups.tolist())
         offset = np.concatenate([np.arange(starts[g], starts[g + 1]) for g in groups])
-        keep = np.isin(offset, rows)
-        table = table.filter(pa.array(keep))
-        found.append(table.append_column(PART, pa.array(np.full(table.num_rows, i), pa.int64()))
-                     .append_column(ROW, pa.array(offset[keep], pa.int64())))
+        table = table.filter(pa.array(np.isin(offset, rows)))
+        if ROW not in table.column_names:  # a file staged for one shard is in the night's row order
+            table = table.append_column(ROW, pa.array(offset[np.isin(offset, rows)], pa.int64()))
+        table = table.drop_columns([c for c in (stage.SHARD,) if c in table.column_names])
+        found.append(table.append_column(PART, pa.array(np.full(table.num_rows, i), pa.int64())))
     return pa.concat_tables(found) if found else None
 
 
@@ -313,11 +311,8 @@ def _shard_rows(parts: Sequence[Path], night: str, dataset: str, shard: int, sha
         raise FileNotFoundError(f"no staged {dataset} rows for night {night} in {[str(p) for p in parts]}")
     tables = []
     for i, path in files:
-        t = pq.read_table(path)
-        mine = shard_of(t["diaObjectId"], shards) == shard
-        t = t.append_column(PART, pa.array(np.full(t.num_rows, i), pa.int64())).append_column(
-            ROW, pa.array(np.arange(t.num_rows), pa.int64()))
-        tables.append(t.filter(pa.array(mine)).replace_schema_metadata(None))
+        t = stage.read_part(path, shard=shard, shards=shards)
+        tables.append(t.append_column(PART, pa.array(np.full(t.num_rows, i), pa.int64())).replace_schema_metadata(None))
     if extra is not None and extra.num_rows:
         others = shard_of(extra["diaObjectId"], shards) != shard  # those of this shard are already here
         tables.append(extra.filter(pa.array(others)).select(tables[0].schema.names).cast(tables[0].schema))
@@ -381,6 +376,7 @@ def build_shard(batch: Batch, staged: dict[str, list[Path]], layout: Layout, set
     cells, counts = np.unique(spatial_index_to_healpix(hp29, target_order=order), return_counts=True)
     np.save(out / "histogram.npy", np.stack([cells.astype(np.int64), counts.astype(np.int64)]))
     np.save(out / "uncovered_healpix29.npy", hp29[partitioning.locate(hp29, existing) < 0])
+    faults.point("shard:written")  # rows written, summary not yet: a job killed here is redone by the rerun
     summary = {
         "shard": shard,
         "base_version": base.name,

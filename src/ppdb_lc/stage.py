@@ -7,7 +7,9 @@ import logging
 from collections.abc import Sequence
 from pathlib import Path
 
+import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from ppdb_lc import apdb, postprocess, updates
@@ -16,6 +18,8 @@ from ppdb_lc.chunks import Chunk, InvalidChunkError, read_verified
 log = logging.getLogger(__name__)
 UPDATES = "updates"  #: name of the staged update records, next to the three datasets
 RE_EMITTED_KEY = b"ppdb_lc.re_emitted"  #: staged-file metadata: re-emitted copies dropped in the night
+SHARDS_KEY = b"ppdb_lc.shards"  #: staged-file metadata: the ingest shards its row groups are split by
+SHARD, ROW = "_shard", "_row"  #: columns of a file staged for a sharded night: shard of the row, row in the night
 
 
 def read_dataset(chunks: Sequence[Chunk], dataset: str) -> pa.Table:
@@ -56,18 +60,73 @@ def staged_file(out_dir: Path, night: str) -> Path:
     return Path(out_dir) / f"{night}.parquet"
 
 
-def _write(table: pa.Table, out_dir: Path, night: str) -> None:
+def shard_of(object_ids: pa.Array | pa.ChunkedArray, shards: int) -> np.ndarray:
+    """Ingest shard of each row, from its ``diaObjectId`` (Fibonacci hash, so consecutive ids spread); null: 0."""
+    if shards == 1:
+        return np.zeros(len(object_ids), dtype=np.int64)
+    valid = pc.is_valid(object_ids).to_numpy(zero_copy_only=False)
+    ids = pc.fill_null(object_ids, 0).to_numpy(zero_copy_only=False).astype(np.int64)
+    mixed = (ids.view(np.uint64) * np.uint64(0x9E3779B97F4A7C15)) >> np.uint64(32)
+    return np.where(valid, (mixed % np.uint64(shards)).astype(np.int64), 0)
+
+
+def _write(table: pa.Table, out_dir: Path, night: str, shards: int = 1) -> None:
+    """Write a night's staged rows; for a sharded night, grouped by shard (one or more row groups each, with
+    ``_shard`` and the row's position ``_row``), so each shard job reads only its own rows."""
     tmp = staged_file(out_dir, night).with_suffix(".tmp")
-    pq.write_table(table, tmp, compression="zstd")
+    if shards == 1 or "diaObjectId" not in table.column_names:
+        pq.write_table(table, tmp, compression="zstd")
+    else:
+        shard = shard_of(table["diaObjectId"], shards)
+        order = np.argsort(shard, kind="stable")
+        table = table.take(pa.array(order)).append_column(SHARD, pa.array(shard[order], pa.int32())).append_column(
+            ROW, pa.array(order, pa.int64()))
+        table = table.replace_schema_metadata({**(table.schema.metadata or {}), SHARDS_KEY: str(shards).encode()})
+        bounds = np.searchsorted(shard[order], np.arange(shards + 1))
+        with pq.ParquetWriter(tmp, table.schema, compression="zstd") as writer:
+            for k in range(shards):
+                if bounds[k + 1] > bounds[k]:
+                    writer.write_table(table.slice(int(bounds[k]), int(bounds[k + 1] - bounds[k])))
     tmp.rename(staged_file(out_dir, night))
 
 
+def read_part(path: Path, columns: Sequence[str] | None = None, shard: int | None = None, shards: int = 1
+              ) -> pa.Table:
+    """One staged file in the night's row order (without ``_shard``/``_row``), or, with ``shard``, only that
+    shard's rows (reading its row groups only) with their ``_row``."""
+    handle = pq.ParquetFile(path)
+    names = handle.schema_arrow.names
+    if SHARD not in names:
+        if shard is None:
+            return handle.read(columns=columns)
+        table = handle.read(columns=columns)
+        mine = shard_of(table["diaObjectId"], shards) == shard
+        return table.append_column(ROW, pa.array(np.arange(table.num_rows), pa.int64())).filter(pa.array(mine))
+    wanted = None if columns is None else [*columns, ROW]
+    if shard is None:
+        table = handle.read(columns=wanted)
+        table = table.take(pc.sort_indices(table[ROW]))
+        return table.drop_columns([c for c in (SHARD, ROW) if c in table.column_names])
+    written = int((handle.schema_arrow.metadata or {}).get(SHARDS_KEY, b"1"))
+    if written != shards:
+        raise RuntimeError(f"{path} was staged for {written} ingest shards, this run builds {shards} (was "
+                           "sharding.rows_per_ingest_job changed?): remove the work directory's batches/ and rerun")
+    column = names.index(SHARD)
+    groups = [g for g in range(handle.num_row_groups)
+              if handle.metadata.row_group(g).column(column).statistics.min == shard]
+    table = handle.read_row_groups(groups, columns=wanted) if groups else handle.schema_arrow.empty_table().select(
+        wanted or [n for n in names if n != SHARD])
+    return table.drop_columns([SHARD]) if SHARD in table.column_names else table
+
+
 def stage_dataset(
-    chunks: Sequence[Chunk], dataset: str, out_dir: Path, keep: Sequence[str] = postprocess.DEFAULT_KEEP_FLOAT64
+    chunks: Sequence[Chunk], dataset: str, out_dir: Path, keep: Sequence[str] = postprocess.DEFAULT_KEEP_FLOAT64,
+    shards: int = 1,
 ) -> dict:
     """Write ``out_dir/<night>.parquet`` (postprocessed rows of ``dataset``) for every night of ``chunks``.
 
-    ``dataset`` may also be :data:`UPDATES`: the nights' update records, normalized and ordered.
+    ``dataset`` may also be :data:`UPDATES`: the nights' update records, normalized and ordered. ``shards``: the
+    night's ingest shards (:mod:`ppdb_lc.shards`), by which the rows are grouped in the file.
     """
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -85,7 +144,7 @@ def stage_dataset(
         unique = postprocess.first_copies(raw, dataset)
         processed = postprocess.postprocess(unique, dataset, keep)
         processed = processed.replace_schema_metadata({RE_EMITTED_KEY: str(raw.num_rows - unique.num_rows)})
-        _write(processed, out_dir, night)
+        _write(processed, out_dir, night, shards)
         summary[night] = {"rows_in": raw.num_rows, "re_emitted": raw.num_rows - unique.num_rows,
                           "rows_out": processed.num_rows, "chunks": len(night_chunks)}
         log.info("%s %s: %d chunks, %d rows in, %d re-emitted copies dropped, %d rows staged", dataset, night,
@@ -104,7 +163,7 @@ def read_staged(parts: Sequence[Path], night: str, dataset: str, columns: Sequen
     files = [staged_file(part, night) for part in parts if staged_file(part, night).exists()]
     if not files:
         raise FileNotFoundError(f"no staged {dataset} rows for night {night} in {[str(p) for p in parts]}")
-    tables = [pq.read_table(path, columns=columns) for path in files]
+    tables = [read_part(path, columns=columns) for path in files]
     if len(tables) == 1:
         return tables[0]
     if dataset == UPDATES:
