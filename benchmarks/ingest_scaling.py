@@ -66,7 +66,7 @@ def run(root: Path, objects: int, chunks: int, cores: int) -> list[dict]:
     rows = {ds: sum(c.rows(ds) for c in night) for ds in apdb.DATASETS}
     config = yaml.safe_load((REPO / "config" / "config.yaml").read_text())
     config.update(ppdb_dir=str(ppdb), collection_dir=str(root / "coll"), work_dir=str(root / "work"))
-    config["catalog"]["pixel_threshold"] = max(200, objects // 25)
+    config["catalog"]["pixel_threshold"] = 100  # the small night: ~20 pixels, which the big nights fill
     config["sharding"] = {}  # the defaults (config/schema.yaml)
     (root / "config.yaml").write_text(yaml.safe_dump(config))
     cmd = [sys.executable, "-m", "snakemake", "--snakefile", str(REPO / "Snakefile"), "--directory", str(root),
@@ -98,6 +98,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--chunks-per-night", type=int, default=64)
     parser.add_argument("--cores", type=int, default=2)
     parser.add_argument("--out", type=Path, default=REPO / "benchmarks" / "out" / "ingest_scaling")
+    parser.add_argument("--keep", action="store_true", help="keep each size's export, collection and logs")
     args = parser.parse_args(argv)
     lines: list[dict] = []
     for objects in args.objects:
@@ -105,7 +106,8 @@ def main(argv: list[str] | None = None) -> int:
         shutil.rmtree(root, ignore_errors=True)
         root.mkdir(parents=True)
         lines += run(root, objects, args.chunks_per_night, args.cores)
-        shutil.rmtree(root, ignore_errors=True)
+        if not args.keep:
+            shutil.rmtree(root, ignore_errors=True)
         print(pd.DataFrame(lines).tail(len(RULES)).to_string(index=False, float_format=lambda v: f"{v:.1f}"),
               flush=True)
     table = pd.DataFrame(lines)

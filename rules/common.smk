@@ -91,9 +91,8 @@ def changes_mem_mb(wildcards):
 
 
 def shard_mem_mb(wildcards):
-    """A shard or writer job: its share of the night (+ one staging part read at a time, for a shard)."""
-    return sizing.SHARD.request_mb(night_rows(wildcards.batch) / ingest_shards(wildcards.batch)
-                                   + SETTINGS.rows_per_stage_job)
+    """A shard or writer job: its share of the night's rows."""
+    return sizing.SHARD.request_mb(night_rows(wildcards.batch) / ingest_shards(wildcards.batch))
 
 
 def bootstrap_mem_mb(wildcards):

@@ -31,6 +31,7 @@ UNAVAILABLE = 3  # exit code of slurm-local.sh when the packages cannot be insta
 FIRST_NIGHT = "2026-11-20"
 DEMO = {"objects": 600, "nights": 2, "start": FIRST_NIGHT, "chunks_per_night": 2, "seed": 7}
 ROWS_PER_STAGE_JOB = 120  # small: each night's tables are staged in several SLURM jobs that run concurrently
+ROWS_PER_INGEST_JOB = 500  # and the second night is built in several shard and writer jobs
 RUN_TIMEOUT = 900  # seconds per Snakemake run; a run that hangs on status polling must not hang the suite
 
 
@@ -70,7 +71,8 @@ class Run:
         self.configfile = root / "run.yaml"
         self.configfile.write_text(yaml.safe_dump({
             "ppdb_dir": str(ppdb), "collection_dir": str(self.collection), "work_dir": str(root / "work"),
-            "demo": DEMO, "sharding": {"rows_per_stage_job": ROWS_PER_STAGE_JOB},
+            "demo": DEMO, "sharding": {"rows_per_stage_job": ROWS_PER_STAGE_JOB,
+                                                      "rows_per_ingest_job": ROWS_PER_INGEST_JOB},
         }))
 
     def snakemake(self, target: str, *extra: str, profile: bool = True) -> str:
@@ -124,7 +126,16 @@ def _expected_jobs(ppdb: Path) -> tuple[collections.Counter, dict[str, set[str]]
                 counts["stage_dataset"] += 1
                 mem["stage_dataset"].add(f"{sizing.STAGE.request_mb(sum(c.rows(ds) for c in part))}M")
     mem["bootstrap_collection"] = {f"{sizing.BOOTSTRAP.request_mb(sum(first.rows(ds) for ds in DATASETS))}M"}
-    mem["ingest_batch"] = {f"{sizing.INGEST.request_mb(sum(b.rows(ds) for ds in DATASETS))}M" for b in later}
+    for batch in later:  # as rules/common.smk: a sharded night's build jobs, and its commit
+        rows, shards = sum(batch.rows(ds) for ds in DATASETS), batch.ingest_shards(ROWS_PER_INGEST_JOB)
+        if shards == 1:
+            mem["ingest_batch"].add(f"{sizing.INGEST.request_mb(rows)}M")
+            continue
+        counts.update(ingest_changes=1, ingest_shard=shards, ingest_write=shards)
+        mem["ingest_batch"].add(f"{sizing.COMMIT.request_mb(0)}M")
+        mem["ingest_changes"].add(f"{sizing.CHANGES.request_mb(rows)}M")
+        for rule in ("ingest_shard", "ingest_write"):
+            mem[rule].add(f"{sizing.SHARD.request_mb(rows / shards)}M")
     return counts, mem
 
 
@@ -172,6 +183,7 @@ def test_slurm_profile_matches_local_run(slurm_cluster: Path, tmp_path: Path) ->
     submitted = slurm.job_counts("rule")
     expected, expected_mem = _expected_jobs(slurm.root / "ppdb")
     assert expected["stage_dataset"] > 8, expected  # more than one staging job per table and batch
+    assert expected["ingest_shard"] >= 2, expected  # the second night is built by several shard jobs
     assert submitted == expected, slurm.outputs
     assert set(slurm.job_counts("localrule")) == {"bootstrap", "daily"}
     assert local.job_counts("localrule") == expected + collections.Counter(bootstrap=1, daily=1)

@@ -51,6 +51,43 @@ def write_leaf(table: pa.Table, path: Path) -> None:
     pq.write_table(table, path, **write_options(table.schema))
 
 
+class PixelFileWriter:
+    """``Npix=N/<file_name>`` of pixels visited in order, appended to in parts (row groups); one file open at a time.
+
+    The same file as :func:`write_leaf` of the concatenated parts (settings, schema), without holding them all.
+    """
+
+    def __init__(self, catalog_dir: Path, file_name: str, schema: pa.Schema) -> None:
+        self.catalog_dir, self.file_name, self.schema = catalog_dir, file_name, schema
+        self.options = dict(write_options(schema))
+        self.row_group_size = self.options.pop("row_group_size", None)
+        self.pixel: HealpixPixel | None = None
+        self.writer: pq.ParquetWriter | None = None
+        self.done: set[HealpixPixel] = set()
+
+    def append(self, pixel: HealpixPixel, table: pa.Table) -> None:
+        if pixel != self.pixel:
+            self.close()
+            if pixel in self.done:
+                raise RuntimeError(f"pixel {pixel} written again after another one")
+            path = pixel_file(self.catalog_dir, pixel, self.file_name)
+            path.parent.mkdir(parents=True, exist_ok=True)
+            self.pixel, self.writer = pixel, pq.ParquetWriter(path, self.schema, **self.options)
+        self.writer.write_table(table.cast(self.schema), row_group_size=self.row_group_size)
+
+    def close(self) -> None:
+        if self.writer is not None:
+            self.writer.close()
+            self.done.add(self.pixel)
+        self.pixel, self.writer = None, None
+
+    def __enter__(self) -> PixelFileWriter:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
 def is_data_file(path: Path) -> bool:
     """Files never modified in place (leaf parquet files, index parts, update logs): safe to share by hard link.
 

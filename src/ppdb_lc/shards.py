@@ -452,8 +452,28 @@ def _read_rows(path: Path, wanted: np.ndarray) -> pa.Table:
     return table.filter(pa.array(np.isin(offset, wanted)))
 
 
+def _windows(positions: np.ndarray, size: int) -> list[tuple[int, int]]:
+    """``[low, high)`` ranges of ``_healpix_29`` holding about ``size`` of ``positions`` each, never splitting equal
+    values (rows are ordered by position, then id, within a window)."""
+    if not len(positions):
+        return []
+    ordered = np.sort(positions)
+    cuts = np.unique(ordered[np.arange(size, len(ordered), size)])
+    bounds = np.concatenate([[ordered[0]], cuts, [ordered[-1] + 1]])
+    return [(int(a), int(b)) for a, b in zip(bounds[:-1], bounds[1:], strict=True) if b > a]
+
+
+def _slices(table: pa.Table, slots: np.ndarray) -> list[tuple[int, pa.Table]]:
+    """``(slot, rows)`` of each run of equal (sorted) ``slots``: zero-copy slices."""
+    bounds = np.flatnonzero(np.diff(slots)) + 1
+    return [(int(slots[a]), table.slice(int(a), int(b - a)))
+            for a, b in zip(np.r_[0, bounds], np.r_[bounds, len(slots)], strict=True)]
+
+
 def build_writer(batch: Batch, layout: Layout, settings: Settings, writer: int, writers: int) -> dict:
-    """Step 3: write the night's files of one group of pixels; see module doc."""
+    """Step 3: write the night's files of one group of pixels; see module doc. Rows are read and written a window
+    of positions at a time, ``sharding.rows_per_ingest_job`` / 10 catalog rows (at least 100)."""
+    window_rows = max(100, settings.rows_per_ingest_job // 10)
     names = settings.names
     changes = json.loads((layout.changes / "summary.json").read_text())
     base = published(settings)
@@ -470,29 +490,54 @@ def build_writer(batch: Batch, layout: Layout, settings: Settings, writer: int, 
     border = _near(np.unique(np.concatenate(
         [margins.border_cells(pixels[int(s)], morder) for s in mine] or [np.empty(0, np.int64)])), morder)
 
-    # the rows of my pixels and the rows that may lie in their margins, from every shard, in (position, id) order
-    candidates = []
+    # the rows of my pixels and the rows that may lie in their margins, from every shard, in (position, id) order,
+    # a window of positions at a time: a pixel's file is appended to window by window, so memory does not depend on
+    # how many of the night's rows one pixel holds
+    wanted: list[np.ndarray] = []
+    positions: list[np.ndarray] = []
     for k in range(shards):
-        path = layout.shard(k) / ROWS_FILE
-        hp29 = pq.read_table(path, columns=[SPATIAL_INDEX_COLUMN])[SPATIAL_INDEX_COLUMN].to_numpy()
-        wanted = np.isin(partitioning.locate(hp29, pixels), mine) | np.isin(hp29 >> shift, border)
-        if wanted.any():
-            candidates.append(_read_rows(path, np.flatnonzero(wanted)))
-    rows = pa.concat_tables(candidates) if candidates else schema.empty_table()
-    rows = rows.take(pc.sort_indices(rows, sort_keys=[(SPATIAL_INDEX_COLUMN, "ascending"),
-                                                      (lightcurves.OBJECT_ID, "ascending")]))
-    hp29 = rows[SPATIAL_INDEX_COLUMN].to_numpy()
-    slots = partitioning.locate(hp29, pixels)
-    in_group = np.isin(slots, mine)
+        hp29 = pq.read_table(layout.shard(k) / ROWS_FILE, columns=[SPATIAL_INDEX_COLUMN])[SPATIAL_INDEX_COLUMN]
+        hp29 = hp29.to_numpy()
+        wanted.append(np.flatnonzero(np.isin(partitioning.locate(hp29, pixels), mine) | np.isin(hp29 >> shift, border)))
+        positions.append(hp29[wanted[-1]])
     file_name = f"{batch.name}.parquet"
-    own = rows.filter(pa.array(in_group))
-    counts = catalog.write_pixel_slices(own, slots[in_group], pixels, out / "catalog", file_name)
-
     margin_schema = pq.read_schema(Path(paths.get_common_metadata_pointer(base / names.margin).path))
-    m_rows, m_slots = margins.margin_targets(hp29, slots, pixels, morder)
-    keep = np.isin(m_slots, mine)
-    margin_rows = rows.take(pa.array(m_rows[keep])).select(margin_schema.names).cast(margin_schema.remove_metadata())
-    margin_counts = catalog.write_pixel_slices(margin_rows, m_slots[keep], pixels, out / "margin", file_name)
+    counts: dict[HealpixPixel, int] = {}
+    margin_parts: list[tuple[pa.Table, np.ndarray]] = []
+    index_parts: list[tuple[np.ndarray, np.ndarray, np.ndarray]] = []
+    rows_read = 0
+    with catalog.PixelFileWriter(out / "catalog", file_name, schema) as files:
+        for low, high in _windows(np.concatenate(positions), window_rows):
+            parts = []
+            for k in range(shards):
+                lo, hi = np.searchsorted(positions[k], [low, high])
+                if hi > lo:
+                    parts.append(_read_rows(layout.shard(k) / ROWS_FILE, wanted[k][lo:hi]))
+            if not parts:
+                continue
+            rows = pa.concat_tables(parts)
+            rows = rows.take(pc.sort_indices(rows, sort_keys=[(SPATIAL_INDEX_COLUMN, "ascending"),
+                                                              (lightcurves.OBJECT_ID, "ascending")]))
+            rows_read += rows.num_rows
+            hp29 = rows[SPATIAL_INDEX_COLUMN].to_numpy()
+            slots = partitioning.locate(hp29, pixels)
+            own = np.flatnonzero(np.isin(slots, mine))  # contiguous: my pixels are consecutive in sky order
+            if len(own):
+                start, stop = int(own[0]), int(own[-1]) + 1
+                for slot, table in _slices(rows.slice(start, stop - start), slots[start:stop]):
+                    files.append(pixels[slot], table)
+                    counts[pixels[slot]] = counts.get(pixels[slot], 0) + table.num_rows
+                index_parts.append((rows[lightcurves.OBJECT_ID].to_numpy()[start:stop], hp29[start:stop],
+                                    slots[start:stop]))
+            m_rows, m_slots = margins.margin_targets(hp29, slots, pixels, morder)
+            keep = np.isin(m_slots, mine)
+            if keep.any():
+                margin_parts.append((rows.take(pa.array(m_rows[keep])).select(margin_schema.names)
+                                     .cast(margin_schema.remove_metadata()), m_slots[keep]))
+    margin_rows = (pa.concat_tables([t for t, _ in margin_parts]) if margin_parts
+                   else margin_schema.remove_metadata().empty_table())
+    margin_slots = np.concatenate([m for _, m in margin_parts]) if margin_parts else np.empty(0, np.int64)
+    margin_counts = catalog.write_pixel_slices(margin_rows, margin_slots, pixels, out / "margin", file_name)
     backfill_rows = 0  # existing rows near the pixels created tonight, in files named like their catalog files
     backfill: dict[str, list[tuple[pa.Table, np.ndarray]]] = {}
     for pixel in night.created:
@@ -511,20 +556,22 @@ def build_writer(batch: Batch, layout: Layout, settings: Settings, writer: int, 
     index_schema = pq.read_schema(Path(paths.get_common_metadata_pointer(base / names.index).path))
     (out / "index").mkdir()
     index_name = file_name if writers == 1 else f"{batch.name}_{writer:04d}.parquet"
-    pq.write_table(collection.index_rows(own[lightcurves.OBJECT_ID].to_numpy(), hp29[in_group], slots[in_group],
-                                         pixels, index_schema, names.index_column), out / "index" / index_name)
+    ids, hp29, slots = (np.concatenate([p[i] for p in index_parts]) if index_parts else np.empty(0, np.int64)
+                        for i in range(3))
+    pq.write_table(collection.index_rows(ids, hp29, slots, pixels, index_schema, names.index_column),
+                   out / "index" / index_name)
     summary = {
         "writer": writer,
         "base_version": base.name,
-        "rows": own.num_rows,
+        "rows": len(ids),
         "pixels_touched": {f"{p.order}/{p.pixel}": n for p, n in counts.items()},
         "margin_pixels": {f"{p.order}/{p.pixel}": n for p, n in margin_counts.items()},
         "margin_rows": margin_rows.num_rows + backfill_rows,
-        "rows_read": rows.num_rows,
+        "rows_read": rows_read,
     }
     _write_json(out / "summary.json", summary)
     log.info("writer %d/%d of %s: %d rows into %d pixels, %d margin rows (%d rows read from %d shards)",
-             writer + 1, writers, batch.name, own.num_rows, len(counts), summary["margin_rows"], rows.num_rows, shards)
+             writer + 1, writers, batch.name, len(ids), len(counts), summary["margin_rows"], rows_read, shards)
     return summary
 
 
