@@ -308,6 +308,19 @@ def test_read_benchmarks_prefers_the_kernel_peak_the_job_logged(tmp_path: Path) 
     assert (tmp_path / "b.png").stat().st_size > 10_000
 
 
+def test_read_benchmarks_of_a_sharded_night(tmp_path: Path) -> None:
+    """Shard and writer jobs (<rule>/<run>/<batch>/<index>.tsv) are one job kind each, per night."""
+    root = tmp_path / "benchmarks"
+    for rule in ("ingest_shard", "ingest_write"):
+        for k in range(3):
+            path = root / rule / "v000002-2026-11-20" / NIGHTS[1] / f"{k:04d}.tsv"
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_text(BENCH_HEADER + f"{2.0 + k}\t0:00:02\t{300.0 + k}\tNA\tNA\tNA\tNA\tNA\tNA\t1.9\n")
+    records = report.read_benchmarks(report.benchmark_files(root), root)
+    assert sorted((r.rule, r.job, r.batch, r.max_rss_mb) for r in records) == [
+        (rule, rule, NIGHTS[1], 300.0 + k) for rule in ("ingest_shard", "ingest_write") for k in range(3)]
+
+
 def test_summaries_order_and_sizes(built: Built) -> None:
     files = sorted((built.ws.published / "ingest" / "batches").glob("*.json"))
     summaries = report.load_summaries(files)

@@ -33,6 +33,9 @@ _RULE_COLORS = {
     "stage_dataset DiaObject": "#9ecae1",
     "stage_dataset DiaSource": "#4292c6",
     "stage_dataset DiaForcedSource": "#08519c",
+    "ingest_changes": "#fdae6b",
+    "ingest_shard": "#fd8d3c",
+    "ingest_write": "#f16913",
     "ingest_batch": "#e6550d",
     "bootstrap_collection": "#31a354",
     "compact_collection": "#756bb1",
@@ -395,7 +398,7 @@ def read_benchmark(path: Path, root: Path) -> BenchmarkRecord:
     batch = parts[1] if len(parts) > 1 else rule.split("_")[0]
     if rule == "compact_collection":
         batch = f"weekly after {batch}"
-    job = f"{rule} {parts[2]}" if len(parts) > 2 else rule
+    job = f"{rule} {parts[2]}" if len(parts) > 2 and rule not in ("ingest_shard", "ingest_write") else rule
     table = pd.read_csv(path, sep="\t")
     rss = pd.to_numeric(table["max_rss"], errors="coerce")
     sampled = float(rss.max()) if rss.notna().any() else float("nan")
