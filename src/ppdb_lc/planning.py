@@ -27,7 +27,7 @@ class Plan:
     discovery: Discovery
     problems: list[str] = field(default_factory=list)
     export_error: str | None = None  # the export directory is missing or holds no chunk at all (unmounted?)
-    rows_per_stage_job: int = 1_000_000  # settings.rows_per_stage_job: how batches are split into staging jobs
+    rows_per_stage_job: int = 500_000  # settings.rows_per_stage_job: how batches are split into staging jobs
     rows_per_ingest_job: int = 500_000  # settings.rows_per_ingest_job: how a night's build is sharded
 
     @property

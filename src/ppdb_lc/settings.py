@@ -71,7 +71,7 @@ class Settings:
     keep_versions: int = 2
     validate_commits: bool = True
     on_invalid_chunk: str = "error"
-    rows_per_stage_job: int = 1_000_000
+    rows_per_stage_job: int = 500_000
     rows_per_ingest_job: int = 500_000
 
     @classmethod

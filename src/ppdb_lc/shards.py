@@ -55,7 +55,7 @@ CHUNK = apdb.REPLICA_CHUNK_COLUMN
 MJD_UNIX_EPOCH = 40587.0  # MJD of 1970-01-01 (TAI-based Unix seconds and MJD TAI share the scale)
 PART, ROW = "_part", stage.ROW  # where a row came from: staging part and row in it (the night's row order)
 ROWS_FILE = "rows.parquet"
-ROW_GROUP = 8192  # rows per row group of a shard's rows: writers read only the row groups of their ranges
+ROW_GROUP = 1000  # rows per row group of a shard's rows: writers read only the row groups of their windows
 
 
 class StaleBuildError(RuntimeError):
@@ -472,8 +472,8 @@ def _slices(table: pa.Table, slots: np.ndarray) -> list[tuple[int, pa.Table]]:
 
 def build_writer(batch: Batch, layout: Layout, settings: Settings, writer: int, writers: int) -> dict:
     """Step 3: write the night's files of one group of pixels; see module doc. Rows are read and written a window
-    of positions at a time, ``sharding.rows_per_ingest_job`` / 10 catalog rows (at least 100)."""
-    window_rows = max(100, settings.rows_per_ingest_job // 10)
+    of positions at a time: catalog rows holding about ``sharding.rows_per_ingest_job`` / 10 points (at least 100
+    rows), whatever one pixel holds."""
     names = settings.names
     changes = json.loads((layout.changes / "summary.json").read_text())
     base = published(settings)
@@ -486,6 +486,10 @@ def build_writer(batch: Batch, layout: Layout, settings: Settings, writer: int, 
     night = night_pixels(layout, shards, settings, base)
     pixels, morder = night.pixels, night.margin_order
     mine = np.flatnonzero(night.groups(writers) == writer)
+    nested = [json.loads((layout.shard(k) / "summary.json").read_text()) for k in range(shards)]
+    points_per_row = max(1.0, sum(s["sources"] + s["forced_sources"] for s in nested) / max(1, sum(
+        s["rows"] for s in nested)))
+    window_rows = max(100, int(settings.rows_per_ingest_job / 10 / points_per_row))
     shift = 2 * (29 - morder)
     border = _near(np.unique(np.concatenate(
         [margins.border_cells(pixels[int(s)], morder) for s in mine] or [np.empty(0, np.int64)])), morder)
