@@ -188,6 +188,16 @@ def _old_rows(parts: Sequence[Path], night: str, dataset: str, limit: float, los
     return table.to_pandas()
 
 
+def _read_rows(path: Path, wanted: np.ndarray) -> pa.Table:
+    """Rows of a parquet file at positions ``wanted`` (ascending), reading only the row groups that hold them."""
+    handle = pq.ParquetFile(path)
+    starts = np.cumsum([0] + [handle.metadata.row_group(g).num_rows for g in range(handle.num_row_groups)])
+    groups = np.unique(np.searchsorted(starts, wanted, side="right") - 1)
+    table = handle.read_row_groups(groups.tolist())
+    offset = np.concatenate([np.arange(starts[g], starts[g + 1]) for g in groups])
+    return table.filter(pa.array(np.isin(offset, wanted)))
+
+
 def _reassigned_rows(parts: Sequence[Path], night: str, effects: updates.Effects) -> pa.Table | None:
     """The night's DiaSource rows targeted by source records (they may change object, so shard), with their
     ``_part`` and ``_row``; only the row groups holding them are read."""
@@ -196,18 +206,13 @@ def _reassigned_rows(parts: Sequence[Path], night: str, effects: updates.Effects
     wanted = pa.array(np.unique(effects.source_ids()), pa.int64())
     found = []
     for i, path in _staged_files(parts, night):
-        handle = pq.ParquetFile(path)
-        ids = handle.read(columns=["diaSourceId"])["diaSourceId"]
+        ids = pq.read_table(path, columns=["diaSourceId"])["diaSourceId"]
         rows = np.flatnonzero(pc.is_in(ids, wanted).to_numpy(zero_copy_only=False))
         if not len(rows):
             continue
-        starts = np.cumsum([0] + [handle.metadata.row_group(g).num_rows for g in range(handle.num_row_groups)])
-        groups = np.unique(np.searchsorted(starts, rows, side="right") - 1)
-        table = handle.read_row_groups(groups.tolist())
-        offset = np.concatenate([np.arange(starts[g], starts[g + 1]) for g in groups])
-        table = table.filter(pa.array(np.isin(offset, rows)))
+        table = _read_rows(path, rows)
         if ROW not in table.column_names:  # a file staged for one shard is in the night's row order
-            table = table.append_column(ROW, pa.array(offset[np.isin(offset, rows)], pa.int64()))
+            table = table.append_column(ROW, pa.array(rows, pa.int64()))
         table = table.drop_columns([c for c in (stage.SHARD,) if c in table.column_names])
         found.append(table.append_column(PART, pa.array(np.full(table.num_rows, i), pa.int64())))
     return pa.concat_tables(found) if found else None
@@ -440,16 +445,6 @@ def _near(cells: np.ndarray, order: int) -> np.ndarray:
         return cells
     ring = np.asarray(cds.neighbours(cells.astype(np.uint64), order), dtype=np.int64).ravel()
     return np.unique(np.concatenate([cells, ring[ring >= 0]]))
-
-
-def _read_rows(path: Path, wanted: np.ndarray) -> pa.Table:
-    """Rows of a shard's file at positions ``wanted`` (ascending), reading only the row groups that hold them."""
-    handle = pq.ParquetFile(path)
-    starts = np.cumsum([0] + [handle.metadata.row_group(g).num_rows for g in range(handle.num_row_groups)])
-    groups = np.unique(np.searchsorted(starts, wanted, side="right") - 1)
-    table = handle.read_row_groups(groups.tolist())
-    offset = np.concatenate([np.arange(starts[g], starts[g + 1]) for g in groups])
-    return table.filter(pa.array(np.isin(offset, wanted)))
 
 
 def _windows(positions: np.ndarray, size: int) -> list[tuple[int, int]]:
