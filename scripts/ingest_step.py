@@ -8,7 +8,7 @@ sys.path.insert(0, str(Path(snakemake.scriptdir).parent / "src"))  # noqa: F821
 
 from ppdb_lc import jobs  # noqa: E402
 
-STEPS = {"ingest_changes": ("changes", None), "ingest_shard": ("shard", "shard"), "ingest_write": ("writer", "writer")}
+STEPS = {"ingest_changes": ("changes", None), "ingest_shard": ("shard", "shard"), "ingest_write": ("write", "writer")}
 
 if __name__ == "__main__":
     step, wildcard = STEPS[snakemake.rule]  # noqa: F821
