@@ -15,8 +15,8 @@ then read the peak RSS every job logged at its end (``job done: peak RSS …
 With ``--slurm`` every Snakemake invocation goes through ``profiles/slurm`` (run it on the cluster's submit host; for
 the local one-node cluster, ``tools/slurm-local.sh up`` first, as ``tests/test_slurm.py`` does), and a second table
 gives per size and invocation: SLURM jobs per rule, how many ran at once (from the start/end times squeue reports,
-polled during the run, and from the first/last timestamps of each job's log), the largest peak RSS against the
-``--mem`` its job asked for, CPU seconds and wall time.
+polled during the run, and from each job's log: created when its script starts, last line at its end), the largest
+peak RSS against the ``--mem`` its job asked for, CPU seconds and wall time.
 """
 
 from __future__ import annotations
@@ -141,7 +141,8 @@ class Workflow:
         poller.join()
         seen.update(_squeue())
         with self.output.open("a") as out:
-            out.write(f"===== {step}: {' '.join(args)} (rc {proc.returncode}, {wall:.1f} s)\n{proc.stdout}{proc.stderr}")
+            out.write(f"===== {step}: {' '.join(args)} (rc {proc.returncode}, {wall:.1f} s)\n")
+            out.write(proc.stdout + proc.stderr)
         if proc.returncode != 0:
             raise RuntimeError(f"snakemake {step} failed (rc {proc.returncode}), output in {self.output}:\n"
                                f"{(proc.stdout + proc.stderr)[-4000:]}")
@@ -155,13 +156,18 @@ class Workflow:
         """Peak RSS, CPU and first/last timestamp of every job log in the work directory, by SLURM comment."""
         logs = self.root / "work" / "logs"
         found = {}
-        for log in logs.rglob("*.log"):
+        paths = sorted(logs.rglob("*.log"))
+        # the job opens its log when its script starts (ppdb_lc.jobs.job_log) and logs `job done` at its end; most
+        # jobs log nothing in between, so the span is the file's birth time (statx, GNU stat) to the last line
+        born = subprocess.run(["stat", "-c", "%.9W", *map(str, paths)], capture_output=True, text=True,
+                              check=True).stdout.split() if paths else []
+        for log, birth in zip(paths, born, strict=True):
             text = log.read_text(errors="replace")
             times = LOG_TIME.findall(text)
             if not PEAK.search(text) or not times:
                 continue
-            stamp = [datetime.strptime(t, "%Y-%m-%d %H:%M:%S,%f").timestamp() for t in (times[0], times[-1])]
-            found[_log_key(logs, log)] = {"peak_mb": _peak(log), "cpu_s": _cpu(log), "span": tuple(stamp)}
+            end = datetime.strptime(times[-1], "%Y-%m-%d %H:%M:%S,%f").timestamp()
+            found[_log_key(logs, log)] = {"peak_mb": _peak(log), "cpu_s": _cpu(log), "span": (float(birth), end)}
         return found
 
     def summary(self, objects: int, night_rows: int) -> list[dict]:
@@ -173,7 +179,8 @@ class Workflow:
             states = collections.Counter(job["state"] for job in jobs)
             spans = [span for span in map(_span, jobs) if span is not None]
             if not spans:
-                out.append({"objects": objects, "step": step["step"], "slurm_jobs": len(jobs), "wall_s": step["wall_s"]})
+                out.append({"objects": objects, "step": step["step"], "slurm_jobs": len(jobs),
+                            "wall_s": step["wall_s"]})
                 continue
             logged = [logs[j["comment"]]["span"] for j in jobs if j["comment"] in logs]
             first, last = min(s for s, _ in spans), max(e for _, e in spans)
@@ -290,10 +297,10 @@ def main(argv: list[str] | None = None) -> int:
     if slurm is not None:
         print(f"\nSLURM jobs per invocation and rule ({SLURM_PROFILE.relative_to(REPO)}): jobs = SLURM jobs seen in "
               "squeue (submitted = 'submitted with SLURM jobid' lines); max_conc = most jobs running at once, from "
-              "squeue start/end (1 s resolution), max_conc_logs = the same from the first/last timestamp of each "
-              "job's log (the job's script, without Snakemake's start-up in the job), mean_conc = SLURM job-seconds "
-              "/ span from first start to last end; peak_max_mb = largest kernel VmHWM logged by a job, its_mem_mb "
-              "= that job's --mem (squeue), peak_over_mem_max = largest peak/--mem of a job; cpu_s = CPU logged by "
+              "squeue start/end (1 s resolution), max_conc_logs = the same from each job's log, created when its "
+              "script starts, to its last line (without Snakemake's start-up in the job), mean_conc = SLURM "
+              "job-seconds / span from first start to last end; peak_max_mb = largest kernel VmHWM logged by a job, "
+              "its_mem_mb = that job's --mem (squeue), peak_over_mem_max = largest peak/--mem of a job; cpu_s = CPU logged by "
               "the jobs' scripts (getrusage), job_s = SLURM elapsed summed over the jobs, submit_cpu_s = CPU of "
               "the Snakemake process on the submit host; wall_s = the invocation")
         table = pd.DataFrame(slurm)
