@@ -194,15 +194,18 @@ class Workflow:
             for job in jobs:
                 by_rule[re.match(r"rule_(\w+?)(_wildcards_.*)?$", job["comment"])[1]].append(job)
             for rule, rule_jobs in sorted(by_rule.items()):
-                mapped = [(logs[j["comment"]], int(j["mem"].removesuffix("M"))) for j in rule_jobs
+                mapped = [(logs[j["comment"]], int(j["mem"].removesuffix("M")), j["comment"]) for j in rule_jobs
                           if j["comment"] in logs]
-                top = max(mapped, key=lambda m: m[0]["peak_mb"]) if mapped else ({"peak_mb": float("nan")}, 0)
+                top = max(mapped, key=lambda m: m[0]["peak_mb"]) if mapped else ({"peak_mb": float("nan")}, 0, "")
+                worst = max(mapped, key=lambda m: m[0]["peak_mb"] / m[1]) if mapped else ({"peak_mb": 0}, 1, "")
                 rule_spans = [span for span in map(_span, rule_jobs) if span is not None]
                 out.append({**common, "rule": rule, "jobs": len(rule_jobs), "with_log": len(mapped),
                             "rule_max_conc": _max_overlap(rule_spans),
                             "peak_max_mb": top[0]["peak_mb"], "its_mem_mb": top[1],
                             "mem_max_mb": max(int(j["mem"].removesuffix("M")) for j in rule_jobs),
-                            "peak_over_mem_max": max((m[0]["peak_mb"] / m[1] for m in mapped), default=float("nan")),
+                            "peak_over_mem_max": worst[0]["peak_mb"] / worst[1],
+                            "worst_job": worst[2].partition("_wildcards_")[2], "worst_peak_mb": worst[0]["peak_mb"],
+                            "worst_mem_mb": worst[1],
                             "cpu_s": sum(m[0]["cpu_s"] for m in mapped),
                             "job_s": sum(e - s for s, e in rule_spans)})
         return out
@@ -300,8 +303,9 @@ def main(argv: list[str] | None = None) -> int:
               "squeue start/end (1 s resolution), max_conc_logs = the same from each job's log, created when its "
               "script starts, to its last line (without Snakemake's start-up in the job), mean_conc = SLURM "
               "job-seconds / span from first start to last end; peak_max_mb = largest kernel VmHWM logged by a job, "
-              "its_mem_mb = that job's --mem (squeue), peak_over_mem_max = largest peak/--mem of a job; cpu_s = CPU logged by "
-              "the jobs' scripts (getrusage), job_s = SLURM elapsed summed over the jobs, submit_cpu_s = CPU of "
+              "its_mem_mb = that job's --mem (squeue), peak_over_mem_max = largest peak/--mem of a job (worst_job: "
+              "its wildcards, peak and --mem); cpu_s = CPU logged by the jobs' scripts (getrusage), job_s = SLURM "
+              "elapsed summed over the jobs, submit_cpu_s = CPU of "
               "the Snakemake process on the submit host; wall_s = the invocation")
         table = pd.DataFrame(slurm)
         print(table.to_string(index=False, float_format=lambda v: f"{v:.2f}" if v < 10 else f"{v:.1f}"))
