@@ -55,7 +55,7 @@ CHUNK = apdb.REPLICA_CHUNK_COLUMN
 MJD_UNIX_EPOCH = 40587.0  # MJD of 1970-01-01 (TAI-based Unix seconds and MJD TAI share the scale)
 PART, ROW = "_part", stage.ROW  # where a row came from: staging part and row in it (the night's row order)
 ROWS_FILE = "rows.parquet"
-ROW_GROUP = 1000  # rows per row group of a shard's rows: writers read only the row groups of their windows
+MIN_ROW_GROUP = 50  # rows per row group of a shard's rows, at least: writers read only the row groups they need
 
 
 class StaleBuildError(RuntimeError):
@@ -376,7 +376,11 @@ def build_shard(batch: Batch, staged: dict[str, list[Path]], layout: Layout, set
         moved = moved.filter(pa.array(shard_of(moved["diaObjectId"], shards) == shard))
         parts.append(moved.select(night_sources.schema.names).cast(night_sources.schema))
     rows, stats = lightcurves.nest_batch(flat.objects, pa.concat_tables(parts), flat.forced, schema)
-    pq.write_table(rows, out / ROWS_FILE, row_group_size=ROW_GROUP, compression="zstd")
+    # row groups of about a writer's window / shards rows: a writer reads a window from every shard, so each read
+    # takes about what it needs (see build_writer)
+    points_per_row = max(1.0, (stats.sources + stats.forced_sources) / max(1, rows.num_rows))
+    row_group = max(MIN_ROW_GROUP, int(settings.rows_per_ingest_job / 10 / points_per_row / shards))
+    pq.write_table(rows, out / ROWS_FILE, row_group_size=row_group, compression="zstd")
     hp29 = rows[SPATIAL_INDEX_COLUMN].to_numpy()
     cells, counts = np.unique(spatial_index_to_healpix(hp29, target_order=order), return_counts=True)
     np.save(out / "histogram.npy", np.stack([cells.astype(np.int64), counts.astype(np.int64)]))
