@@ -31,7 +31,8 @@ from ppdb_lc.versions import CollectionStateError, VersionedCollection
 log = logging.getLogger(__name__)
 
 #: rules whose jobs write the collection or the work directory's batch state: a run with one of them takes the lock
-WRITING_RULES = frozenset({"stage_dataset", "ingest_batch", "bootstrap_collection", "compact_collection"})
+WRITING_RULES = frozenset({"stage_dataset", "ingest_batch", "bootstrap_collection", "compact_collection",
+                           "plan_weekly", "compact_pixels"})
 
 
 ROW_CHECKS_TTL_S = 7 * 86400
@@ -84,7 +85,8 @@ def clean_work_dir(work_dir: Path, *, planned_version: str | None, pending: set[
     if weekly.is_dir():
         marker = f"compacted-{planned_version}.json"
         removed += [p for p in weekly.iterdir()
-                    if p.name == "scratch" or (p.name.startswith("compacted-") and p.name != marker)]
+                    if p.name == "scratch" or (p.name.startswith("compacted-") and p.name != marker)
+                    or (p.name.startswith(("plan-", "shards-")) and p.name.split("-", 1)[1] != str(planned_version))]
     checks = work_dir / "row_checks"  # verdicts of per-row checks: a week unused is history
     if checks.is_dir():
         removed += [p for p in checks.iterdir() if time.time() - p.stat().st_mtime > ROW_CHECKS_TTL_S]

@@ -42,3 +42,9 @@ INGEST = MemoryModel(base_mb=350, per_million_mb=700)
 #: Bootstrap (all nights folded and partitioned at once): 346 MB + 1.08 GB per million input rows (2026-11
 #: measurement, getrusage: an upper bound, see jobs.peak_rss_mb).
 BOOTSTRAP = MemoryModel(base_mb=350, per_million_mb=1080)
+#: One shard of the incremental weekly (``compact_pixels``): a compaction of its files, like bootstrap's fold, so the
+#: bootstrap's per-row figure until measured on large shards (benchmarks/weekly_incremental.py).
+COMPACT_PIXELS = MemoryModel(base_mb=350, per_million_mb=1080)
+#: The incremental weekly's plan: key columns of the touched pixels only (at most the whole catalog, ~24 bytes per
+#: row plus Arrow's buffers) and the skymap histogram; sized from the published catalog's rows (an upper bound).
+PLAN_WEEKLY = MemoryModel(base_mb=350, per_million_mb=150)
