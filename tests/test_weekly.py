@@ -24,9 +24,25 @@ from ppdb_lc import catalog, collection, partitioning, rebuild, weekly
 from ppdb_lc.settings import Settings
 from ppdb_lc.versions import VersionedCollection
 
-CRAFTED_CHUNK = int(pd.Timestamp("2026-11-25T10:00:00Z").timestamp())  # dayobs 2026-11-24
+FAR_FIELD_CHUNK = int(pd.Timestamp("2026-11-25T10:00:00Z").timestamp())  # dayobs 2026-11-24
+CRAFTED_CHUNK = int(pd.Timestamp("2026-11-26T10:00:00Z").timestamp())  # dayobs 2026-11-25
 SPLIT_IDS_START = 9_000_000_000_000
-MJD = 61369.3
+FAR_IDS_START = 8_500_000_000_000
+MJD = 61370.3
+
+
+def far_field_tables(n: int = 400) -> dict[str, pd.DataFrame]:
+    """Objects far from the demo field, in several pixels that border each other (so they have margins)."""
+    rng = np.random.default_rng(8)
+    ids = FAR_IDS_START + np.arange(n)
+    ra, dec = 210.0 + rng.uniform(-0.8, 0.8, n), -20.0 + rng.uniform(-0.8, 0.8, n)
+    mjd = MJD - 1
+    objects = pd.DataFrame({"diaObjectId": ids, "validityStartMjdTai": mjd + 0.001, "ra": ra, "dec": dec,
+                            "nDiaSources": 1, "g_scienceFluxMean": 5000.0, "g_scienceFluxMeanErr": 50.0})
+    sources = pd.DataFrame({"diaSourceId": ids + 1, "diaObjectId": ids, "midpointMjdTai": mjd, "ra": ra, "dec": dec,
+                            "visit": 97, "detector": 1, "band": "g", "scienceFlux": 5000.0, "scienceFluxErr": 50.0,
+                            "x": 10.0, "y": 10.0})
+    return {"DiaObject": objects, "DiaSource": sources}
 
 
 def settings_for(ws: Workspace, collection_dir: Path, **weekly_config) -> Settings:
@@ -89,6 +105,7 @@ def crafted_tables(version: Path, threshold: int) -> tuple[dict[str, pd.DataFram
     frame = cat.to_pandas()
     pixels = pixels_of(version, "dia_object_lc")
     frame["slot"] = partitioning.locate(frame["_healpix_29"].to_numpy(), pixels)
+    frame = frame[frame["ra"] < 200]  # the demo field only: the far field stays untouched
     counts = frame["slot"].value_counts()
     fullest = int(counts.index[0])
     assert pixels[fullest].order < 8, "the fullest pixel must be splittable"
@@ -139,8 +156,10 @@ def test_incremental_weekly_equals_full_weekly(workspace: Workspace, tmp_path_fa
                            full_settings)
     assert_same_frames(incr_dir, full_dir)
 
-    # 2. a full weekly through the workflow, then one crafted night: an object moves into another pixel, and new
-    #    objects overfill the fullest pixel, which the repartition splits; everything else is carried over
+    # 2. a far field, a full weekly through the workflow, then one crafted night: an object moves into another
+    #    pixel, and new objects overfill the fullest pixel, which the repartition splits; the rest is carried over
+    write_chunk(ws.ppdb, FAR_FIELD_CHUNK, far_field_tables())
+    ws.snakemake("daily")
     ws.write_config(weekly={"mode": "full"})
     out = ws.snakemake("weekly")
     assert "compact_pixels" not in out.stdout + out.stderr
@@ -162,8 +181,8 @@ def test_incremental_weekly_equals_full_weekly(workspace: Workspace, tmp_path_fa
     assert summary["mode"] == "incremental", summary
     assert summary["files_linked"] > 0 and summary["files_rewritten"] > 0, summary
     assert summary["files_linked"] + summary["files_rewritten"] == len(pixels_of(ours, "dia_object_lc"))
-    # (the field is small: every carried pixel borders a rewritten one, so every margin file is written again)
-    assert summary["index_files"].get("filtered", 0) >= 1, summary
+    # the far field's margins are linked; in the demo field every carried pixel borders a rewritten one
+    assert summary["margin_files_linked"] > 0 and summary["index_files"].get("filtered", 0) >= 1, summary
     assert summary["rows_rewritten"] < summary["rows_in"] / 2, summary
     new_pixels = pixels_of(ours, "dia_object_lc")
     assert split not in new_pixels and any(p.order > split.order and p.pixel >> 2 * (p.order - split.order)
