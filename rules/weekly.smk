@@ -5,29 +5,6 @@
 # compact_collection (links the carried files and the shards' files, margins, index, publishes). A plan that would
 # rewrite nearly everything falls back to the full weekly inside compact_collection (no shard job).
 # weekly.mode full: compact_collection alone folds and rewrites the whole catalog.
-from ppdb_lc import weekly as weekly_plan
-
-
-def weekly_plan_dir(wildcards):
-    return work("weekly", f"plan-{wildcards.version}")
-
-
-def weekly_inputs(wildcards):
-    """The plan and its shards' markers (the shard count is known once the checkpoint ran)."""
-    if SETTINGS.weekly_mode == "full":
-        return {}
-    plan = checkpoints.plan_weekly.get(version=wildcards.version).output.plan
-    shards = weekly_plan.shard_count(plan)
-    return {"plan": plan,
-            "shards": [work("weekly", f"shards-{wildcards.version}", f"{k:03d}.json") for k in range(shards)]}
-
-
-def compact_pixels_mem_mb(wildcards, input):
-    return sizing.COMPACT_PIXELS.request_mb(weekly_plan.shard_rows(input.plan, int(wildcards.shard)))
-
-
-def plan_weekly_mem_mb(wildcards):
-    return sizing.PLAN_WEEKLY.request_mb(weekly_plan.published_rows(SETTINGS))
 
 
 checkpoint plan_weekly:

@@ -61,6 +61,9 @@ class Workspace:
         config.update(ppdb_dir=str(self.ppdb), collection_dir=str(self.collection), work_dir=str(self.work))
         config["catalog"]["pixel_threshold"] = 120
         config["sharding"]["rows_per_stage_job"] = 600  # the larger nights are staged in 2-3 jobs per dataset
+        # the weekly is always incremental (plan, compact_pixels shards, commit), although the generated nights touch
+        # every pixel; tests/test_weekly.py runs the full weekly and the plan's fall-back to it
+        config["weekly"] = {"mode": "incremental", "shards": 2, "full_above": 1.0}
         config.update(overrides)
         self.configfile.write_text(yaml.safe_dump(config))
 

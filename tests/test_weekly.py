@@ -155,6 +155,12 @@ def test_incremental_weekly_equals_full_weekly(workspace: Workspace, tmp_path_fa
     assert_same_collection(VersionedCollection(incr_dir).current(), VersionedCollection(full_dir).current(),
                            full_settings)
     assert_same_frames(incr_dir, full_dir)
+    # the plan falls back to the full weekly when it would rewrite more than weekly.full_above of the rows
+    fallback_dir = copy_collection(ws.collection, root / "fallback")
+    fallback = weekly.run_in_process(settings_for(ws, fallback_dir), root / "work-fallback", full_above=0.5)
+    assert fallback["mode"] == "full" and not (root / "work-fallback" / "shards").exists()
+    assert_same_collection(VersionedCollection(fallback_dir).current(), VersionedCollection(full_dir).current(),
+                           full_settings)
 
     # 2. a far field, a full weekly through the workflow, then one crafted night: an object moves into another
     #    pixel, and new objects overfill the fullest pixel, which the repartition splits; the rest is carried over

@@ -10,6 +10,8 @@ Work-directory layout (``work_dir``)::
     runs/<version>/<batch>.committed.json marker of a batch committed by the run planned on <version>
     row_checks/                           cached verdicts of the per-row checks of chunk files (a week)
     weekly/compacted-<version>.json       marker of the weekly built from <version>
+    weekly/plan-<version>/, shards-<version>/   the incremental weekly's plan and shard outputs (removed once another
+                                          version is planned on)
     logs/, benchmarks/                    per rule and job; kept
 
 Markers are keyed by the published version the run was planned on, so they can never claim work for another

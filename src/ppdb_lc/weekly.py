@@ -171,12 +171,13 @@ def revised_since_last_compaction(version_dir: Path) -> set[HealpixPixel]:
             for path in s.get("files_rewritten", [])}
 
 
-def _index_owner_pixels(index_dir: Path, ids: np.ndarray, pixels: Sequence[HealpixPixel]) -> set[HealpixPixel]:
-    """Pixels (of ``pixels``) holding a row of any of ``ids``, from the ``diaObjectId`` index (its ``_healpix_29``)."""
-    files = sorted((index_dir / "dataset" / "index").glob("*.parquet"))
+def _index_owner_pixels(index_dir: Path, id_column: str, ids: np.ndarray, pixels: Sequence[HealpixPixel]
+                        ) -> set[HealpixPixel]:
+    """Pixels (of ``pixels``) holding a row of any of ``ids``, from the ``diaObjectId`` index (its ``_healpix_29``;
+    the scan filters batch by batch, so only the matching rows are held)."""
+    files = sorted(collection.index_file(index_dir, "x").parent.glob("*.parquet"))
     if not files or not len(ids):
         return set()
-    id_column = pq.read_schema(files[0]).names[-1]
     table = pds.dataset([str(f) for f in files], format="parquet").to_table(
         columns=[SPATIAL_INDEX_COLUMN], filter=pc.field(id_column).isin(pa.array(np.unique(ids))))
     slots = partitioning.locate(table[SPATIAL_INDEX_COLUMN].to_numpy(), pixels)
@@ -242,7 +243,8 @@ def plan_weekly(settings: Settings, out_dir: Path, *, shards: int | None = None,
             keys[pixel] = [compaction.read_source(compaction.Source(f, pixel), schema, compaction.KEY_COLUMNS)
                            for f in files[pixel]]
         ids = np.concatenate([t[lightcurves.OBJECT_ID].to_numpy() for p in frontier for t in keys[p]] or [[]])
-        frontier = _index_owner_pixels(base / names.index, ids.astype(np.int64), old_pixels) - touched
+        frontier = _index_owner_pixels(base / names.index, names.index_column, ids.astype(np.int64),
+                                       old_pixels) - touched
         touched |= frontier
     touched_list = partitioning.sorted_pixels(list(touched))
     key_rows = sum(t.num_rows for tables in keys.values() for t in tables)
@@ -539,6 +541,6 @@ def run_in_process(settings: Settings, work_dir: Path, *, threads: int = 2, shar
     plan_dir = work_dir / "plan"
     plan = plan_weekly(settings, plan_dir, shards=shards, full_above=full_above)
     dirs = [shard_dir(work_dir / "shards", k) for k in range(len(plan.shards))]
-    for k, directory in enumerate(dirs):
-        compact_shard(plan_dir, k, directory, settings, threads=threads)
-    return commit_weekly(plan_dir, dirs, work_dir / "scratch", settings, threads=threads)
+    shards = [compact_shard(plan_dir, k, directory, settings, threads=threads) for k, directory in enumerate(dirs)]
+    summary = commit_weekly(plan_dir, dirs, work_dir / "scratch", settings, threads=threads)
+    return {**summary, "shard_summaries": shards}
