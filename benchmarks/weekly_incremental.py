@@ -10,7 +10,10 @@
    commit in one process, ``weekly.run_in_process``), each in a fresh Python process that reports its wall time and
    peak RSS (``VmHWM`` of ``/proc/self/status``).
 
-Printed per case: rows read, catalog files rewritten and linked, seconds, peak RSS; ``results.json`` in ``--out``.
+Printed per case: key rows read (the full weekly's plan reads the key columns of every row; the incremental plan
+those of the touched pixels), rows read whole (full: every row; incremental: the shards' files and the carried
+neighbour files they take margin rows from), catalog files rewritten and linked, seconds (one process, shards run one
+after the other: SLURM would run them in parallel), peak RSS; ``results.json`` in ``--out``.
 """
 
 from __future__ import annotations
@@ -133,14 +136,15 @@ def measure(mode: str, out: Path, collection: Path, base_config: dict, name: str
     summary = json.loads(next(line for line in stdout.splitlines() if line.startswith("RESULT "))[7:])
     pixels = len(summary["pixels"])
     if mode == "full":
-        rows_read = summary["rows_folded"]
+        key_rows, rows_read = summary["rows_folded"], summary["rows_folded"]
         rewritten, linked = pixels, 0
-    else:
-        rows_read = summary["key_rows_read"] + sum(s["rows_read"] for s in summary["shard_summaries"])
+    else:  # the plan reads key columns; shards read whole rows (their files + carried neighbours for margins)
+        key_rows = summary["key_rows_read"]
+        rows_read = sum(s["rows_read"] for s in summary["shard_summaries"])
         rewritten, linked = summary["files_rewritten"], summary["files_linked"]
     shutil.rmtree(copy, ignore_errors=True)
     return {"case": name, "mode": mode, "rows_in": summary.get("rows_in", summary.get("rows_folded")),
-            "rows_read": rows_read, "files_rewritten": rewritten, "files_linked": linked,
+            "key_rows_read": key_rows, "rows_read": rows_read, "files_rewritten": rewritten, "files_linked": linked,
             "seconds": round(summary["wall_seconds"], 2), "peak_rss_mb": round(summary["peak_rss_mb"], 1),
             "shards": summary.get("shards", 1)}
 
@@ -195,13 +199,14 @@ def main(argv: list[str] | None = None) -> None:
             print(json.dumps(results[-1]))
         for chunk in written:  # the next case starts again from the compacted catalog
             shutil.rmtree(chunk)
-    header = f"{'case':<16}{'mode':<13}{'rows in':>9}{'rows read':>11}{'rewritten':>11}{'linked':>8}{'s':>8}{'MB':>8}"
+    header = (f"{'case':<16}{'mode':<13}{'rows in':>9}{'key rows read':>15}{'rows read':>11}{'rewritten':>11}"
+              f"{'linked':>8}{'s':>8}{'peak MB':>9}")
     print(f"\nweekly on a catalog of {args.nights} nights, {args.objects} objects, threshold {threshold}, "
           f"patch radius {args.patch_deg} deg")
     print(header)
     for r in results:
-        print(f"{r['case']:<16}{r['mode']:<13}{r['rows_in']:>9}{r['rows_read']:>11}{r['files_rewritten']:>11}"
-              f"{r['files_linked']:>8}{r['seconds']:>8.2f}{r['peak_rss_mb']:>8.0f}")
+        print(f"{r['case']:<16}{r['mode']:<13}{r['rows_in']:>9}{r['key_rows_read']:>15}{r['rows_read']:>11}"
+              f"{r['files_rewritten']:>11}{r['files_linked']:>8}{r['seconds']:>8.2f}{r['peak_rss_mb']:>9.0f}")
     (out / "results.json").write_text(json.dumps(results, indent=1))
 
 

@@ -31,11 +31,15 @@ FAR_IDS_START = 8_500_000_000_000
 MJD = 61370.3
 
 
+FAR_FIELDS = ((210.0, -20.0), (250.0, 40.0))  # the first is touched by the crafted night, the second is not
+
+
 def far_field_tables(n: int = 400) -> dict[str, pd.DataFrame]:
-    """Objects far from the demo field, in several pixels that border each other (so they have margins)."""
+    """Two fields far from the demo field, each in several pixels that border each other (they have margins)."""
     rng = np.random.default_rng(8)
-    ids = FAR_IDS_START + np.arange(n)
-    ra, dec = 210.0 + rng.uniform(-0.8, 0.8, n), -20.0 + rng.uniform(-0.8, 0.8, n)
+    ids = FAR_IDS_START + np.arange(2 * n)
+    ra = np.concatenate([c[0] + rng.uniform(-0.8, 0.8, n) for c in FAR_FIELDS])
+    dec = np.concatenate([c[1] + rng.uniform(-0.8, 0.8, n) for c in FAR_FIELDS])
     mjd = MJD - 1
     objects = pd.DataFrame({"diaObjectId": ids, "validityStartMjdTai": mjd + 0.001, "ra": ra, "dec": dec,
                             "nDiaSources": 1, "g_scienceFluxMean": 5000.0, "g_scienceFluxMeanErr": 50.0})
@@ -105,7 +109,10 @@ def crafted_tables(version: Path, threshold: int) -> tuple[dict[str, pd.DataFram
     frame = cat.to_pandas()
     pixels = pixels_of(version, "dia_object_lc")
     frame["slot"] = partitioning.locate(frame["_healpix_29"].to_numpy(), pixels)
-    frame = frame[frame["ra"] < 200]  # the demo field only: the far field stays untouched
+    # one far-field object gets a new version at (almost) the same place: its pixel is rewritten, and the rows of
+    # its carried neighbours in its margin come from the old margin files
+    far = frame[(frame["ra"] - FAR_FIELDS[0][0]).abs() < 0.2].iloc[[0]].reset_index()
+    frame = frame[frame["ra"] < 200]  # the demo field
     counts = frame["slot"].value_counts()
     fullest = int(counts.index[0])
     assert pixels[fullest].order < 8, "the fullest pixel must be splittable"
@@ -118,9 +125,9 @@ def crafted_tables(version: Path, threshold: int) -> tuple[dict[str, pd.DataFram
     others = frame[frame["slot"] != fullest]
     mover, mover_slot = int(others["diaObjectId"].iloc[0]), int(others["slot"].iloc[0])
     destination = others[others["slot"] != mover_slot].iloc[0]  # (a row of floats)
-    ids = np.concatenate([new_ids, [mover]]).astype(np.int64)
-    ra = np.concatenate([new_ra, [destination["ra"] + 1e-5]])
-    dec = np.concatenate([new_dec, [destination["dec"]]])
+    ids = np.concatenate([new_ids, [mover], far["diaObjectId"]]).astype(np.int64)
+    ra = np.concatenate([new_ra, [destination["ra"] + 1e-5], far["ra"] + 1e-6])
+    dec = np.concatenate([new_dec, [destination["dec"]], far["dec"]])
     objects = pd.DataFrame({"diaObjectId": ids, "validityStartMjdTai": MJD + 0.001, "ra": ra, "dec": dec,
                             "nDiaSources": 1, "g_scienceFluxMean": 5000.0, "g_scienceFluxMeanErr": 50.0})
     sources = pd.DataFrame({"diaSourceId": 7_000_000_000_000 + np.arange(len(ids)), "diaObjectId": ids,
@@ -178,6 +185,7 @@ def test_incremental_weekly_equals_full_weekly(workspace: Workspace, tmp_path_fa
     write_chunk(ws.ppdb, CRAFTED_CHUNK, tables)
     ws.snakemake("daily")
     full_dir = copy_collection(ws.collection, root / "full-2")
+    copy_collection(ws.collection, root / "before-incremental")
     rebuild.weekly(root / "scratch-full-2", settings_for(ws, full_dir, mode="full"))
     ws.write_config(weekly={"mode": "incremental", "shards": 2, "full_above": 1.0})
     out = ws.snakemake("weekly")
@@ -199,6 +207,15 @@ def test_incremental_weekly_equals_full_weekly(workspace: Workspace, tmp_path_fa
     assert any(p.pixel == mover_from for p in old_pixels)
     assert_same_collection(ours, VersionedCollection(full_dir).current(), full_settings)
     assert_same_frames(ws.collection, full_dir)
+    shards = [json.loads(p.read_text()) for p in (ws.work / "weekly").glob("shards-*/*.json")]
+    assert sum(s["old_margin_rows_read"] for s in shards) > 0, shards
+    # the shortcut (carried rows of a rewritten pixel's margin from the old margin files) equals reading them whole
+    whole_dir = copy_collection(root / "before-incremental", root / "whole")
+    whole = weekly.run_in_process(settings_for(ws, whole_dir), root / "work-whole", shards=2, full_above=1.0,
+                                  margins_from_old=False)
+    assert sum(s["neighbour_files_read"] for s in whole["shard_summaries"]) > 0
+    assert_same_collection(VersionedCollection(whole_dir).current(), VersionedCollection(full_dir).current(),
+                           full_settings)
     # the weekly's jobs log and report memory
     logs = list((ws.work / "logs" / "compact_pixels").rglob("*.log"))
     assert len(logs) == summary["shards"] and all("job done: peak RSS" in p.read_text() for p in logs)

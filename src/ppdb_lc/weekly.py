@@ -21,7 +21,7 @@ same two things without reading the rows of pixels nothing happened to:
    are spread over at most ``weekly.shards`` shards by row count.
 2. **shards** (:func:`compact_shard`, parallel jobs): a :class:`~ppdb_lc.compaction.Compaction` of the shard's
    files onto the planned pixels, its index rows, and the margin rows it owes: its own rows in the border of any
-   pixel, and the rows of carried pixels in the border of its pixels.
+   pixel, and the rows of carried pixels in the border of its pixels (from the old margin files of its old pixels).
 3. **commit** (:func:`commit_weekly`, one job): links carried catalog files and the shards' files, writes the
    margin of every pixel whose border touches a rewritten pixel (the shards' rows plus, for a carried pixel, the
    rows of its old margin file that come from carried pixels), links the other margin files, filters the old index
@@ -41,11 +41,12 @@ import os
 import shutil
 import time
 from collections import defaultdict
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 
+import cdshealpix.nested as cds
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
@@ -350,7 +351,78 @@ def shard_dir(shards_dir: Path, shard: int) -> Path:
     return Path(shards_dir) / f"{shard:03d}"
 
 
-def compact_shard(plan_dir: Path, shard: int, out_dir: Path, settings: Settings, *, threads: int = 2) -> dict:
+def _carried_border_rows(destinations: Sequence[HealpixPixel], shard_old: Sequence[HealpixPixel],
+                         pixels: Sequence[HealpixPixel], carried: set[HealpixPixel], morder: int, base_catalog: Path,
+                         base_margin: Path, schema: pa.Schema,
+                         sink: Callable[[pa.Table, np.ndarray, np.ndarray], None], *,
+                         from_margins: bool = True) -> dict[str, int]:
+    """Hand ``sink(rows, row, target)`` the rows of carried pixels that lie in the margin of ``destinations``
+    (``target``: slot in ``pixels``); returns what was read.
+
+    Taken from the old margin files of the shard's old pixels (``P/compacted.parquet`` holds the border rows of the
+    carried files, which have not changed since): a carried row in cell c borders a destination Q when a neighbour
+    cell of c lies in Q, and then it lies in the margin of the old pixel holding that neighbour cell. Where such a
+    neighbour cell lies outside every old pixel (sky that no pixel covered), the carried pixel is read whole
+    (``from_margins=False``: every bordering carried pixel is read whole, as a check of the shortcut).
+    """
+    slot_of = {p: i for i, p in enumerate(pixels)}
+    targets = np.array(sorted(slot_of[p] for p in destinations), dtype=np.int64)
+    shift = 2 * (29 - morder)
+    old_sorted = partitioning.sorted_pixels(list(set(shard_old)))
+    bordering: set[HealpixPixel] = set()
+    read_whole: set[HealpixPixel] = set()
+    for pixel in destinations:
+        cells = margins.border_cells(pixel, morder)
+        slots = partitioning.locate(cells << shift, pixels)
+        in_carried = np.array([s >= 0 and pixels[s] in carried for s in slots.tolist()], dtype=bool)
+        if not in_carried.any():
+            continue
+        owners = {pixels[s] for s in np.unique(slots[in_carried])}
+        bordering |= owners
+        if not from_margins:
+            read_whole |= owners
+            continue
+        near = np.asarray(cds.neighbours(cells[in_carried].astype(np.uint64), morder), dtype=np.int64)
+        owner_of_row = slots[in_carried]
+        for k in range(near.shape[0]):
+            inside = near[k][(near[k] >= 0) & ((near[k] >> (2 * (morder - pixel.order))) == pixel.pixel)]
+            if not (partitioning.locate(inside << shift, old_sorted) >= 0).all():
+                read_whole.add(pixels[owner_of_row[k]])
+    stats = {"margin_rows": 0, "neighbour_files": 0, "neighbour_rows": 0}
+    carried_sorted = partitioning.sorted_pixels(list(bordering - read_whole))
+    if carried_sorted:
+        parts = []
+        for pixel in old_sorted:
+            path = pixel_path(base_margin, pixel, rebuild.COMPACTED_FILE)
+            if path.exists():
+                rows = compaction.read_source(compaction.Source(path), schema)
+                stats["margin_rows"] += rows.num_rows
+                mine = partitioning.locate(rows[SPATIAL_INDEX_COLUMN].to_numpy(), carried_sorted) >= 0
+                parts.append(rows.filter(pa.array(mine)))
+        if parts:
+            rows = pa.concat_tables(parts)
+            _, first = np.unique(rows[lightcurves.OBJECT_ID].to_numpy(), return_index=True)  # one copy per row
+            rows = rows.take(pa.array(np.sort(first)))
+            own = np.asarray(
+                [slot_of[carried_sorted[s]] for s in partitioning.locate(
+                    rows[SPATIAL_INDEX_COLUMN].to_numpy(), carried_sorted).tolist()], dtype=np.int64)
+            row, target = margins.margin_targets(rows[SPATIAL_INDEX_COLUMN].to_numpy(), own, pixels, morder)
+            keep = np.isin(target, targets)
+            sink(rows, row[keep], target[keep])
+    for pixel in partitioning.sorted_pixels(list(read_whole)):
+        rows = compaction.read_source(
+            compaction.Source(pixel_path(base_catalog, pixel, rebuild.COMPACTED_FILE), pixel), schema)
+        stats["neighbour_files"] += 1
+        stats["neighbour_rows"] += rows.num_rows
+        own = np.full(rows.num_rows, slot_of[pixel], dtype=np.int64)
+        row, target = margins.margin_targets(rows[SPATIAL_INDEX_COLUMN].to_numpy(), own, pixels, morder)
+        keep = np.isin(target, targets)
+        sink(rows, row[keep], target[keep])
+    return stats
+
+
+def compact_shard(plan_dir: Path, shard: int, out_dir: Path, settings: Settings, *, threads: int = 2,
+                  margins_from_old: bool = True) -> dict:
     """Fold one shard's files onto its planned pixels; write its catalog files, margin rows and index rows."""
     started = time.time()
     plan = WeeklyPlan.read(plan_dir)
@@ -377,20 +449,11 @@ def compact_shard(plan_dir: Path, shard: int, out_dir: Path, settings: Settings,
             writer.write(rows, catalog.pixel_file(out_dir / "catalog", pixel, rebuild.COMPACTED_FILE))
             collector.add(slot_of[pixel], rows)
         # rows of carried pixels in the border of this shard's pixels (their margins are written from scratch)
-        targets = np.array(sorted(slot_of[p] for p in destinations), dtype=np.int64)
-        neighbours: set[HealpixPixel] = set()
-        for pixel in destinations:
-            starts = margins.border_cells(pixel, morder) << (2 * (29 - morder))
-            slots = partitioning.locate(starts, pixels)
-            neighbours |= {pixels[s] for s in np.unique(slots[slots >= 0]) if pixels[s] in carried}
-        for pixel in partitioning.sorted_pixels(list(neighbours)):
-            rows = compaction.read_source(
-                compaction.Source(pixel_path(base_catalog, pixel, rebuild.COMPACTED_FILE), pixel), schema)
-            rows_read += rows.num_rows
-            own = np.full(rows.num_rows, slot_of[pixel], dtype=np.int64)
-            row, target = margins.margin_targets(rows[SPATIAL_INDEX_COLUMN].to_numpy(), own, pixels, morder)
-            keep = np.isin(target, targets)
-            collector.stash.put_rows(rows, row[keep], target[keep])
+        border = _carried_border_rows(
+            destinations, [HealpixPixel(o, p) for o, p, _ in job.sources], pixels, carried, morder, base_catalog,
+            Path(settings.collection_dir) / "versions" / plan.base / names.margin, schema, collector.stash.put_rows,
+            from_margins=margins_from_old)
+        rows_read += border["neighbour_rows"] + border["margin_rows"]
         margin_counts = collector.write(out_dir / "margin", SHARD_MARGIN_FILE, writer)
     index = collection.index_rows(folding.object_ids, folding.object_healpix29, folding.object_slots,
                                   folding.pixels, collection.index_schema(names), names.index_column)
@@ -400,7 +463,8 @@ def compact_shard(plan_dir: Path, shard: int, out_dir: Path, settings: Settings,
     summary = {
         "shard": shard,
         "files_read": len(sources),
-        "neighbour_files_read": len(neighbours),
+        "neighbour_files_read": border["neighbour_files"],
+        "old_margin_rows_read": border["margin_rows"],
         "rows_read": rows_read,
         "objects": folding.objects,
         "pixels": len(destinations),
@@ -536,11 +600,12 @@ def commit_weekly(plan_dir: Path, shard_dirs: Sequence[Path], scratch: Path, set
 
 
 def run_in_process(settings: Settings, work_dir: Path, *, threads: int = 2, shards: int | None = None,
-                   full_above: float | None = None) -> dict:
+                   full_above: float | None = None, margins_from_old: bool = True) -> dict:
     """Plan, every shard and the commit one after the other in this process (tests, benchmarks)."""
     plan_dir = work_dir / "plan"
     plan = plan_weekly(settings, plan_dir, shards=shards, full_above=full_above)
     dirs = [shard_dir(work_dir / "shards", k) for k in range(len(plan.shards))]
-    shards = [compact_shard(plan_dir, k, directory, settings, threads=threads) for k, directory in enumerate(dirs)]
+    shards = [compact_shard(plan_dir, k, directory, settings, threads=threads, margins_from_old=margins_from_old)
+              for k, directory in enumerate(dirs)]
     summary = commit_weekly(plan_dir, dirs, work_dir / "scratch", settings, threads=threads)
     return {**summary, "shard_summaries": shards}
