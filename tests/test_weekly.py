@@ -246,3 +246,21 @@ def test_revised_since_last_compaction(tmp_path):
     for name, summary in summaries.items():
         (batches / f"{name}.json").write_text(json.dumps(summary))
     assert weekly.revised_since_last_compaction(tmp_path) == {HealpixPixel(2, 17)}
+
+
+def test_index_files_are_filtered_to_carried_pixels(tmp_path):
+    from ppdb_lc.settings import CollectionNames
+
+    names = CollectionNames()
+    pixels = [HealpixPixel(1, 0), HealpixPixel(1, 1)]
+    hp29 = np.array([1, 2, 4**28 + 5, 4**28 + 6], dtype=np.int64)  # two rows in each pixel
+    rows = collection.index_rows(np.array([10, 11, 12, 13]), hp29, partitioning.locate(hp29, pixels), pixels,
+                                 collection.index_schema(names), names.index_column)
+    path = tmp_path / "in.parquet"
+    pq.write_table(rows, path, row_group_size=1)
+    assert weekly._filter_index_file(path, tmp_path / "all.parquet", pixels) == (4, "linked")
+    assert (tmp_path / "all.parquet").stat().st_ino == path.stat().st_ino
+    assert weekly._filter_index_file(path, tmp_path / "none.parquet", [HealpixPixel(1, 7)]) == (0, "dropped")
+    assert not (tmp_path / "none.parquet").exists()
+    assert weekly._filter_index_file(path, tmp_path / "one.parquet", pixels[1:]) == (2, "filtered")
+    assert pq.read_table(tmp_path / "one.parquet")["diaObjectId"].to_pylist() == [12, 13]
