@@ -42,6 +42,7 @@ import shutil
 import time
 from collections import defaultdict
 from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -541,16 +542,16 @@ def commit_weekly(plan_dir: Path, shard_dirs: Sequence[Path], scratch: Path, set
 
     # margin: linked where no border cell changed, else the shards' rows + carried rows of the old margin file
     margin_dir = staging / names.margin
-    with_rows, margin_linked, margin_written = [], 0, 0
-    for pixel in pixels:
+
+    def margin_of(pixel: HealpixPixel) -> str:
+        """Write (or link) the margin file of ``pixel``: ``linked``, ``written`` or ``empty``."""
         old = pixel_path(base / names.margin, pixel, rebuild.COMPACTED_FILE)
         new = pixel_path(margin_dir, pixel, rebuild.COMPACTED_FILE)
         if pixel in linked_margin:
-            if old.exists():
-                _link(old, new)
-                with_rows.append(pixel)
-                margin_linked += 1
-            continue
+            if not old.exists():
+                return "empty"
+            _link(old, new)
+            return "linked"
         parts = [compaction.read_source(compaction.Source(p), schema) for d in shard_dirs
                  if (p := pixel_path(Path(d) / "margin", pixel, SHARD_MARGIN_FILE)).exists()]
         if pixel in carried_set and old.exists():
@@ -558,11 +559,16 @@ def commit_weekly(plan_dir: Path, shard_dirs: Sequence[Path], scratch: Path, set
             parts.append(rows.filter(pa.array(partitioning.locate(rows[SPATIAL_INDEX_COLUMN].to_numpy(),
                                                                   carried) >= 0)))
         table = pa.concat_tables(parts) if parts else schema.empty_table()
-        if table.num_rows:
-            new.parent.mkdir(parents=True, exist_ok=True)
-            catalog.write_leaf(table.sort_by(SPATIAL_INDEX_COLUMN), new)
-            with_rows.append(pixel)
-            margin_written += 1
+        if not table.num_rows:
+            return "empty"
+        new.parent.mkdir(parents=True, exist_ok=True)
+        catalog.write_leaf(table.sort_by(SPATIAL_INDEX_COLUMN), new)
+        return "written"
+
+    with ThreadPoolExecutor(max_workers=max(1, 2 * threads)) as pool:  # one pixel's margin per thread
+        outcome = list(pool.map(margin_of, pixels))
+    with_rows = [p for p, how in zip(pixels, outcome, strict=True) if how != "empty"]
+    margin_linked, margin_written = outcome.count("linked"), outcome.count("written")
     margin_total = collection.finish_margin(margin_dir, with_rows, schema, names)
 
     # index: old files filtered to the carried pixels' rows, plus one file per shard
