@@ -592,6 +592,9 @@ def commit_weekly(plan_dir: Path, shard_dirs: Sequence[Path], scratch: Path, set
         "mode": INCREMENTAL,
         "pixels": [list(k) for k in plan.pixels],
         "objects": plan.objects,
+        "rows_folded": plan.stats["rows_in"],  # every row of the base catalog ends in one of the objects
+        "rows_moved": sum(json.loads(m.read_text()).get("rows_moved", 0) for d in shard_dirs
+                          if (m := Path(str(d) + ".json")).exists()),
         "files_rewritten": files_written,
         "files_linked": len(carried),
         "margin_files_written": margin_written,
