@@ -210,3 +210,25 @@ def start_run():
 
 def finish_run():
     runs.finish(SETTINGS.collection_dir, RUN_LOCK)
+
+
+# -- the incremental weekly (rules/weekly.smk): plan, shards, commit ------------------------------------------------
+from ppdb_lc import weekly as weekly_plan
+
+
+def weekly_inputs(wildcards):
+    """The plan and its shards' markers (the shard count is known once the checkpoint ran)."""
+    if SETTINGS.weekly_mode == "full":
+        return {}
+    plan = checkpoints.plan_weekly.get(version=wildcards.version).output.plan
+    shards = weekly_plan.shard_count(plan)
+    return {"plan": plan,
+            "shards": [work("weekly", f"shards-{wildcards.version}", f"{k:03d}.json") for k in range(shards)]}
+
+
+def compact_pixels_mem_mb(wildcards, input):
+    return sizing.COMPACT_PIXELS.request_mb(weekly_plan.shard_rows(input.plan, int(wildcards.shard)))
+
+
+def plan_weekly_mem_mb(wildcards):
+    return sizing.PLAN_WEEKLY.request_mb(weekly_plan.published_rows(SETTINGS))

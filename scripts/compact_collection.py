@@ -1,4 +1,4 @@
-"""Snakemake adapter: weekly compaction of the published collection."""
+"""Snakemake adapter: weekly compaction of the published collection (full, or the commit of the incremental one)."""
 
 import sys
 from pathlib import Path
@@ -10,4 +10,4 @@ from ppdb_lc import jobs  # noqa: E402
 
 if __name__ == "__main__":
     jobs.weekly(snakemake.params.scratch, snakemake.output[0], snakemake.config, snakemake.threads,  # noqa: F821
-                snakemake.log[0])  # noqa: F821
+                snakemake.log[0], plan=snakemake.input.get("plan"), shard_dirs=snakemake.params.shard_dirs)  # noqa: F821

@@ -62,6 +62,9 @@ class Workspace:
         config["catalog"]["pixel_threshold"] = 120
         config["sharding"]["rows_per_stage_job"] = 600  # the larger nights are staged in 2-3 jobs per dataset
         config["sharding"]["rows_per_ingest_job"] = 1000  # and built in 3-4 shard and writer jobs (the first: 1)
+        # the weekly is always incremental (plan, compact_pixels shards, commit), although the generated nights touch
+        # every pixel; tests/test_weekly.py runs the full weekly and the plan's fall-back to it
+        config["weekly"] = {"mode": "incremental", "shards": 2, "full_above": 1.0}
         config.update(overrides)
         self.configfile.write_text(yaml.safe_dump(config))
 

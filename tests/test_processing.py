@@ -187,12 +187,17 @@ def test_settings_defaults_match_schema():
     assert defaults.on_invalid_chunk == props["on_invalid_chunk"]["default"]
     assert defaults.rows_per_stage_job == props["sharding"]["properties"]["rows_per_stage_job"]["default"]
     assert defaults.rows_per_ingest_job == props["sharding"]["properties"]["rows_per_ingest_job"]["default"]
+    weekly = props["weekly"]["properties"]
+    assert defaults.weekly_mode == weekly["mode"]["default"]
+    assert defaults.weekly_shards == weekly["shards"]["default"]
+    assert defaults.weekly_full_above == weekly["full_above"]["default"]
     # every schema property with a default is checked above or is the demo section (jobs.py reads it validated)
-    checked = {"until", "keep_versions", "validate_commits", "on_invalid_chunk", "catalog", "demo", "sharding"}
+    checked = {"until", "keep_versions", "validate_commits", "on_invalid_chunk", "catalog", "demo", "sharding",
+               "weekly"}
     assert {k for k, v in props.items() if "default" in v} <= checked
     # config/config.yaml: schema defaults, except the listed demo settings
     config = yaml.safe_load((root / "config" / "config.yaml").read_text())
-    for section in ("catalog", "demo", "sharding"):
+    for section in ("catalog", "demo", "sharding", "weekly"):
         for key, value in config[section].items():
             expected = DEMO_SETTINGS.get((section, key), props[section]["properties"][key]["default"])
             assert value == expected, (section, key)

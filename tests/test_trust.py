@@ -281,6 +281,8 @@ CRASH_POINTS = [
     ("daily", "commit:written"),
     ("daily", "publish:renamed"),
     ("daily", "publish:switched"),
+    ("weekly", "plan_weekly"),
+    ("weekly", "compact_pixels"),
     ("weekly", "compact_collection"),
     ("weekly", "weekly:written"),
     ("weekly", "publish:renamed"),

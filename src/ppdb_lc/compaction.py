@@ -79,7 +79,9 @@ class Compaction:
     """The plan (pass 1, at construction) and the streaming fold (:meth:`folded`) of a set of sources."""
 
     def __init__(self, sources: Sequence[Source], scratch: Path, *, schema: pa.Schema, order: int, threshold: int,
-                 memory_limit: int = DEFAULT_MEMORY_LIMIT):
+                 memory_limit: int = DEFAULT_MEMORY_LIMIT, pixels: Sequence[HealpixPixel] | None = None):
+        """``pixels``: the destination partitioning, when it was decided elsewhere (a shard of the incremental
+        weekly, :mod:`ppdb_lc.weekly`); by default the sources' own objects are aligned."""
         self.sources = list(sources)
         self.memory_limit = memory_limit
         self.schema = schema
@@ -95,9 +97,15 @@ class Compaction:
         # Each object's latest row (ids ascending) decides its pixel: the folded row is that same row.
         self.object_ids, self.object_healpix29 = ids[latest], hp29[latest]
         self.objects = len(latest)
-        self.histogram = partitioning.histogram(self.object_healpix29, order)
-        self.pixels = partitioning.new_pixels(self.object_healpix29, [], order=order, threshold=threshold)
+        self.histogram: np.ndarray | None = None  # the objects' histogram at ``order``: only when aligned here
+        if pixels is None:
+            self.histogram = partitioning.histogram(self.object_healpix29, order)
+            self.pixels = partitioning.new_pixels(self.object_healpix29, [], order=order, threshold=threshold)
+        else:
+            self.pixels = partitioning.sorted_pixels(pixels)
         self.object_slots = partitioning.locate(self.object_healpix29, self.pixels)
+        if (self.object_slots < 0).any():
+            raise RuntimeError(f"{int((self.object_slots < 0).sum())} objects lie outside the destination pixels")
         # Groups of old (source) and new (destination) pixels; which groups every source sends rows to.
         source_pixels = partitioning.sorted_pixels({s.pixel for s in self.sources if s.pixel is not None})
         self._pixel_group, source_group = pixel_groups(self.pixels, source_pixels)

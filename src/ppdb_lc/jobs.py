@@ -188,12 +188,40 @@ def bootstrap(manifests: Sequence[str], staged: dict[str, list[str]], scratch: s
         _write_json(marker, summary)
 
 
-def weekly(scratch: str, marker: str, config: dict[str, Any], threads: int, log: str) -> None:
+def weekly(scratch: str, marker: str, config: dict[str, Any], threads: int, log: str, plan: str | None = None,
+           shard_dirs: Sequence[str] = ()) -> None:
+    """The full weekly, or (``plan`` given) the commit of the incremental one from its shards' outputs."""
     from ppdb_lc import rebuild
+    from ppdb_lc import weekly as incremental
 
     with job_log(log):
         faults.point("compact_collection")
-        summary = rebuild.weekly(Path(scratch), Settings.from_config(config), threads=threads)
+        settings = Settings.from_config(config)
+        if plan is None:
+            summary = rebuild.weekly(Path(scratch), settings, threads=threads)
+        else:
+            summary = incremental.commit_weekly(Path(plan), [Path(d) for d in shard_dirs], Path(scratch), settings,
+                                                threads=threads)
+        _write_json(marker, summary)
+
+
+def plan_weekly(plan_dir: str, config: dict[str, Any], log: str) -> None:
+    from ppdb_lc import weekly as incremental
+
+    with job_log(log):
+        faults.point("plan_weekly")
+        incremental.plan_weekly(Settings.from_config(config), Path(plan_dir))
+
+
+def compact_pixels(plan_dir: str, shard: int, out_dir: str, marker: str, config: dict[str, Any], threads: int,
+                   log: str) -> None:
+    from ppdb_lc import weekly as incremental
+
+    with job_log(log):
+        faults.point("compact_pixels")
+        summary = incremental.compact_shard(Path(plan_dir), shard, Path(out_dir), Settings.from_config(config),
+                                            threads=threads)
+        summary["peak_rss_mb"] = round(peak_rss_mb(), 1)
         _write_json(marker, summary)
 
 

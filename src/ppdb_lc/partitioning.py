@@ -83,8 +83,23 @@ def new_pixels(
     """
     if len(healpix29) == 0:
         return []
-    counts = histogram(healpix29, order)
+    return pixels_for_histogram(histogram(healpix29, order), existing, order=order, threshold=threshold,
+                                lowest_order=lowest_order)
+
+
+def pixels_for_histogram(
+    counts: np.ndarray,
+    existing: Sequence[HealpixPixel],
+    *,
+    order: int,
+    threshold: int,
+    lowest_order: int = 0,
+) -> list[HealpixPixel]:
+    """:func:`new_pixels` from a dense count histogram at ``order`` instead of the rows (the weekly plan has the
+    histogram, not the rows, of the pixels it does not rewrite)."""
     used = np.flatnonzero(counts)
+    if not len(used):
+        return []
     oversize = used[counts[used] > threshold]
     aligned = np.minimum(counts, threshold) if len(oversize) else counts
     if existing:

@@ -16,6 +16,7 @@ import pyarrow as pa
 from hats.catalog import PartitionInfo, TableProperties
 from hats.io.parquet_metadata import write_parquet_metadata
 from hats.io.validation import is_valid_catalog
+from hats.pixel_math import HealpixPixel
 
 from ppdb_lc import apdb, catalog, collection, compaction, faults, lightcurves, margins, postprocess, stage, updates
 from ppdb_lc.ledger import BOOTSTRAP, LEDGER_PATH, PENDING_PATH, UPDATE_LOG, Batch, entries_for, write_ledger, write_records
@@ -63,8 +64,8 @@ def _build_collection(staging: Path, sources: list[compaction.Source], scratch: 
                 log.info("folded %d/%d pixels", done, len(plan.pixels))
         clock["fold"] = time.time()
         margin_counts = margin.write(staging / names.margin, COMPACTED_FILE, writer)
-    compaction_total = finish_catalog(cat, plan, name=names.catalog, order=order, alt_orders=settings.skymap_alt_orders,
-                                      threshold=settings.pixel_threshold)
+    compaction_total = finish_catalog(cat, plan.pixels, plan.histogram, plan.objects, name=names.catalog, order=order,
+                                      alt_orders=settings.skymap_alt_orders, threshold=settings.pixel_threshold)
     margin_total = collection.finish_margin(staging / names.margin, list(margin_counts), schema, names)
     index = collection.index_rows(plan.object_ids, plan.object_healpix29, plan.object_slots, plan.pixels,
                                   collection.index_schema(names), names.index_column)
@@ -84,14 +85,17 @@ def _build_collection(staging: Path, sources: list[compaction.Source], scratch: 
     )
 
 
-def finish_catalog(catalog_dir: Path, plan: compaction.Compaction, *, name: str, order: int,
-                   alt_orders: Sequence[int], threshold: int) -> int:
-    """Metadata of a freshly compacted catalog (one file per pixel, so ``_metadata`` is valid and written)."""
+def finish_catalog(catalog_dir: Path, pixels: Sequence[HealpixPixel], histogram: np.ndarray | None, objects: int, *,
+                   name: str, order: int, alt_orders: Sequence[int], threshold: int) -> int:
+    """Metadata of a freshly compacted catalog (one file per pixel, so ``_metadata`` is valid and written):
+    ``objects`` rows in ``pixels``, ``histogram`` their count at ``order``."""
+    if histogram is None:
+        raise ValueError("a compacted catalog needs the histogram of its objects")
     total = int(write_parquet_metadata(catalog_dir, create_metadata=True))
-    if total != plan.objects:
-        raise RuntimeError(f"catalog holds {total} rows, expected {plan.objects} objects")
-    info = catalog.write_partition_info(catalog_dir, plan.pixels)
-    catalog.write_skymaps(catalog_dir, plan.histogram, alt_orders)
+    if total != objects:
+        raise RuntimeError(f"catalog holds {total} rows, expected {objects} objects")
+    info = catalog.write_partition_info(catalog_dir, pixels)
+    catalog.write_skymaps(catalog_dir, histogram, alt_orders)
     catalog.write_properties(
         catalog_dir,
         catalog.object_properties(
@@ -107,7 +111,7 @@ def finish_catalog(catalog_dir: Path, plan: compaction.Compaction, *, name: str,
     return total
 
 
-def _publish(collection_: VersionedCollection, staging: Path, label: str, summary: dict, settings: Settings, *,
+def publish_build(collection_: VersionedCollection, staging: Path, label: str, summary: dict, settings: Settings, *,
              base: Path | None) -> dict:
     collection_.check_base(staging, label, base)  # before the costly validation: another run may have published
     history = staging / "ingest" / "batches"
@@ -179,7 +183,7 @@ def bootstrap(batch: Batch, staged: dict[str, list[Path]], scratch: Path, settin
         **asdict(result),
         "seconds": round(time.time() - started, 3),
     }
-    return _publish(target, staging, BOOTSTRAP, summary, settings, base=None)
+    return publish_build(target, staging, BOOTSTRAP, summary, settings, base=None)
 
 
 def _first_copies_across_nights(parts: Sequence[Path], nights: Sequence[str], dataset: str) -> dict[str, np.ndarray]:
@@ -197,13 +201,19 @@ def _first_copies_across_nights(parts: Sequence[Path], nights: Sequence[str], da
     return {night: keep[bounds[i]:bounds[i + 1]] for i, night in enumerate(nights)}
 
 
-def weekly(scratch: Path, settings: Settings, *, threads: int = 2) -> dict:
-    """Fold the dailies into one row per object, repartition and regenerate the whole collection."""
+def weekly(scratch: Path, settings: Settings, *, threads: int = 2, planned_on: str | None = None) -> dict:
+    """Fold the dailies into one row per object, repartition and regenerate the whole collection.
+
+    ``planned_on``: the version the run planned on (the incremental plan's fallback); another one published is an
+    error."""
     started = time.time()
     target = VersionedCollection(settings.collection_dir)
     base = target.current()
     if base is None:
         raise CollectionStateError(f"no collection at {settings.collection_dir}: run `snakemake bootstrap` first")
+    if planned_on is not None and base.name != planned_on:
+        raise CollectionStateError(f"the weekly was planned on {planned_on} but {base.name} is published now; "
+                                   "run the weekly again")
     base_catalog = base / settings.names.catalog
     pixels = PartitionInfo.read_from_dir(base_catalog).get_healpix_pixels()
     sources = [compaction.Source(path, pixel) for pixel, path in catalog.pixel_files(base_catalog, pixels)]
@@ -216,9 +226,10 @@ def weekly(scratch: Path, settings: Settings, *, threads: int = 2) -> dict:
     summary = {
         "batch": label,
         "base_version": base.name,
+        "mode": "full",
         "files_in": len(sources),
         "pixels_in": len(pixels),
         **asdict(result),
         "seconds": round(time.time() - started, 3),
     }
-    return _publish(target, staging, label, summary, settings, base=base)
+    return publish_build(target, staging, label, summary, settings, base=base)

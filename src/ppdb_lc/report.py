@@ -39,7 +39,10 @@ _RULE_COLORS = {
     "ingest_batch": "#e6550d",
     "bootstrap_collection": "#31a354",
     "compact_collection": "#756bb1",
+    "plan_weekly": "#9e9ac8",
+    "compact_pixels": "#54278f",
 }
+_WEEKLY_RULES = ("compact_collection", "plan_weekly", "compact_pixels")  # their level is the version compacted
 
 
 def _pyplot() -> Any:
@@ -392,11 +395,11 @@ def read_benchmark(path: Path, root: Path) -> BenchmarkRecord:
     relative = Path(path).relative_to(root)
     kernel = logged_peak_rss_mb(Path(root).parent / "logs" / relative.with_suffix(".log"))
     parts = relative.with_suffix("").parts
-    if parts[0] != "compact_collection":  # its level is the version it compacted
+    if parts[0] not in _WEEKLY_RULES:  # their level is the version they compacted
         parts = (parts[0], *(p for p in parts[1:] if not _RUN.match(p)))
     rule = parts[0]
     batch = parts[1] if len(parts) > 1 else rule.split("_")[0]
-    if rule == "compact_collection":
+    if rule in _WEEKLY_RULES:
         batch = f"weekly after {batch}"
     job = f"{rule} {parts[2]}" if len(parts) > 2 and rule not in ("ingest_shard", "ingest_write") else rule
     table = pd.read_csv(path, sep="\t")

@@ -11,6 +11,8 @@ Work-directory layout (``work_dir``)::
     runs/<version>/<batch>.committed.json marker of a batch committed by the run planned on <version>
     row_checks/                           cached verdicts of the per-row checks of chunk files (a week)
     weekly/compacted-<version>.json       marker of the weekly built from <version>
+    weekly/plan-<version>/, shards-<version>/   the incremental weekly's plan and shard outputs (removed once another
+                                          version is planned on)
     logs/, benchmarks/                    per rule and job; kept
 
 Markers are keyed by the published version the run was planned on, so they can never claim work for another
@@ -33,7 +35,7 @@ log = logging.getLogger(__name__)
 
 #: rules whose jobs write the collection or the work directory's batch state: a run with one of them takes the lock
 WRITING_RULES = frozenset({"stage_dataset", "ingest_changes", "ingest_shard", "ingest_write", "ingest_batch",
-                           "bootstrap_collection", "compact_collection"})
+                           "bootstrap_collection", "compact_collection", "plan_weekly", "compact_pixels"})
 
 
 ROW_CHECKS_TTL_S = 7 * 86400
@@ -88,7 +90,8 @@ def clean_work_dir(work_dir: Path, *, planned_version: str | None, pending: set[
     if weekly.is_dir():
         marker = f"compacted-{planned_version}.json"
         removed += [p for p in weekly.iterdir()
-                    if p.name == "scratch" or (p.name.startswith("compacted-") and p.name != marker)]
+                    if p.name == "scratch" or (p.name.startswith("compacted-") and p.name != marker)
+                    or (p.name.startswith(("plan-", "shards-")) and p.name.split("-", 1)[1] != str(planned_version))]
     checks = work_dir / "row_checks"  # verdicts of per-row checks: a week unused is history
     if checks.is_dir():
         removed += [p for p in checks.iterdir() if time.time() - p.stat().st_mtime > ROW_CHECKS_TTL_S]

@@ -73,6 +73,9 @@ class Settings:
     on_invalid_chunk: str = "error"
     rows_per_stage_job: int = 500_000
     rows_per_ingest_job: int = 500_000
+    weekly_mode: str = "incremental"  #: ``incremental`` (rewrite the changed pixel groups) or ``full``
+    weekly_shards: int = 4  #: at most this many parallel pixel-group jobs per incremental weekly
+    weekly_full_above: float = 0.8  #: fall back to the full weekly above this fraction of rows to rewrite
 
     @classmethod
     def from_config(cls, config: dict[str, Any]) -> Settings:
@@ -97,4 +100,7 @@ class Settings:
             rows_per_stage_job=int(config.get("sharding", {}).get("rows_per_stage_job", defaults.rows_per_stage_job)),
             rows_per_ingest_job=int(config.get("sharding", {}).get("rows_per_ingest_job",
                                                                    defaults.rows_per_ingest_job)),
+            weekly_mode=str(config.get("weekly", {}).get("mode", defaults.weekly_mode)),
+            weekly_shards=int(config.get("weekly", {}).get("shards", defaults.weekly_shards)),
+            weekly_full_above=float(config.get("weekly", {}).get("full_above", defaults.weekly_full_above)),
         )

@@ -48,3 +48,9 @@ BOOTSTRAP = MemoryModel(base_mb=350, per_million_mb=1080)
 SHARD = MemoryModel(base_mb=350, per_million_mb=700)
 CHANGES = MemoryModel(base_mb=300, per_million_mb=60)
 COMMIT = MemoryModel(base_mb=400, per_million_mb=0)
+#: One shard of the incremental weekly (``compact_pixels``): a compaction of its files, like bootstrap's fold, so the
+#: bootstrap's per-row figure until measured on large shards (benchmarks/weekly_incremental.py).
+COMPACT_PIXELS = MemoryModel(base_mb=350, per_million_mb=1080)
+#: The incremental weekly's plan: key columns of the touched pixels only (at most the whole catalog, ~24 bytes per
+#: row plus Arrow's buffers) and the skymap histogram; sized from the published catalog's rows (an upper bound).
+PLAN_WEEKLY = MemoryModel(base_mb=350, per_million_mb=150)
