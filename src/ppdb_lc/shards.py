@@ -188,14 +188,20 @@ def _old_rows(parts: Sequence[Path], night: str, dataset: str, limit: float, los
     return table.to_pandas()
 
 
-def _read_rows(path: Path, wanted: np.ndarray) -> pa.Table:
-    """Rows of a parquet file at positions ``wanted`` (ascending), reading only the row groups that hold them."""
-    handle = pq.ParquetFile(path)
-    starts = np.cumsum([0] + [handle.metadata.row_group(g).num_rows for g in range(handle.num_row_groups)])
-    groups = np.unique(np.searchsorted(starts, wanted, side="right") - 1)
-    table = handle.read_row_groups(groups.tolist())
-    offset = np.concatenate([np.arange(starts[g], starts[g + 1]) for g in groups])
-    return table.filter(pa.array(np.isin(offset, wanted)))
+class RowReader:
+    """Rows of a parquet file by position, reading only the row groups that hold them (the footer parsed once)."""
+
+    def __init__(self, path: Path) -> None:
+        self.handle = pq.ParquetFile(path)
+        sizes = [self.handle.metadata.row_group(g).num_rows for g in range(self.handle.num_row_groups)]
+        self.starts = np.cumsum([0, *sizes])
+
+    def read(self, wanted: np.ndarray) -> pa.Table:
+        """The rows at positions ``wanted`` (ascending)."""
+        groups = np.unique(np.searchsorted(self.starts, wanted, side="right") - 1)
+        table = self.handle.read_row_groups(groups.tolist())
+        offset = np.concatenate([np.arange(self.starts[g], self.starts[g + 1]) for g in groups])
+        return table.filter(pa.array(np.isin(offset, wanted)))
 
 
 def _reassigned_rows(parts: Sequence[Path], night: str, effects: updates.Effects) -> pa.Table | None:
@@ -210,7 +216,7 @@ def _reassigned_rows(parts: Sequence[Path], night: str, effects: updates.Effects
         rows = np.flatnonzero(pc.is_in(ids, wanted).to_numpy(zero_copy_only=False))
         if not len(rows):
             continue
-        table = _read_rows(path, rows)
+        table = RowReader(path).read(rows)
         if ROW not in table.column_names:  # a file staged for one shard is in the night's row order
             table = table.append_column(ROW, pa.array(rows, pa.int64()))
         table = table.drop_columns([c for c in (stage.SHARD,) if c in table.column_names])
@@ -498,6 +504,7 @@ def build_writer(batch: Batch, layout: Layout, settings: Settings, writer: int, 
     # how many of the night's rows one pixel holds
     wanted: list[np.ndarray] = []
     positions: list[np.ndarray] = []
+    readers = [RowReader(layout.shard(k) / ROWS_FILE) for k in range(shards)]
     for k in range(shards):
         hp29 = pq.read_table(layout.shard(k) / ROWS_FILE, columns=[SPATIAL_INDEX_COLUMN])[SPATIAL_INDEX_COLUMN]
         hp29 = hp29.to_numpy()
@@ -515,7 +522,7 @@ def build_writer(batch: Batch, layout: Layout, settings: Settings, writer: int, 
             for k in range(shards):
                 lo, hi = np.searchsorted(positions[k], [low, high])
                 if hi > lo:
-                    parts.append(_read_rows(layout.shard(k) / ROWS_FILE, wanted[k][lo:hi]))
+                    parts.append(readers[k].read(wanted[k][lo:hi]))
             if not parts:
                 continue
             rows = pa.concat_tables(parts)
