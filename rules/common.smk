@@ -82,7 +82,7 @@ def night_rows(batch):
 def ingest_mem_mb(wildcards):
     """The commit job; it also builds a night of one shard."""
     if ingest_shards(wildcards.batch) > 1:
-        return sizing.COMMIT.request_mb(0)
+        return sizing.COMMIT.request_mb(night_rows(wildcards.batch))
     return sizing.INGEST.request_mb(night_rows(wildcards.batch))
 
 

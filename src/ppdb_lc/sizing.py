@@ -42,12 +42,16 @@ INGEST = MemoryModel(base_mb=350, per_million_mb=700)
 #: Bootstrap (all nights folded and partitioned at once): 346 MB + 1.08 GB per million input rows (2026-11
 #: measurement, getrusage: an upper bound, see jobs.peak_rss_mb).
 BOOTSTRAP = MemoryModel(base_mb=350, per_million_mb=1080)
-#: Sharded ingest (provisional, to be refitted with benchmarks/stage_scaling.py): a shard reads one staging part at
-#: a time and holds its share of the night; a writer holds its pixels' rows and their margins' candidates;
-#: changes holds key columns of the night's DiaSources; the commit of a sharded night holds no rows.
-SHARD = MemoryModel(base_mb=350, per_million_mb=700)
-CHANGES = MemoryModel(base_mb=300, per_million_mb=60)
-COMMIT = MemoryModel(base_mb=400, per_million_mb=0)
+#: Sharded ingest, fitted on benchmarks/results/2026-12-04_ingest-scaling_0.25-1-4M-sources.txt (nights of 1.07,
+#: 4.28 and 17.1 M rows, default sharding). Shards and writers, per million rows of their share of the night: shards
+#: 518 / 661 / 906 MB at 0.36 / 0.48 / 0.49 M rows (the last also holds the night's update effects and reassigned
+#: rows), writers 477 / 628 / 709 MB.
+SHARD = MemoryModel(base_mb=450, per_million_mb=700)
+#: The changes job, per million rows of the night: 455 / 708 / 1574 MB (it rewrites whole committed files that hold
+#: a target: their size, not the night's, is what it holds; see docs/scaling.md).
+CHANGES = MemoryModel(base_mb=400, per_million_mb=70)
+#: The commit of a sharded night, per million rows of the night: 319 / 356 / 517 MB (summaries, skymap histogram).
+COMMIT = MemoryModel(base_mb=320, per_million_mb=12)
 #: One shard of the incremental weekly (``compact_pixels``): a compaction of its files, like bootstrap's fold, so the
 #: bootstrap's per-row figure until measured on large shards (benchmarks/weekly_incremental.py).
 COMPACT_PIXELS = MemoryModel(base_mb=350, per_million_mb=1080)
