@@ -111,6 +111,12 @@ def ingest_shards(batch):
     return batch_of(batch).ingest_shards(SETTINGS.rows_per_ingest_job)
 
 
+def build_dir(batch, run):
+    """A night's build, per run (the version the run was planned on): a rerun of the same run reuses its finished
+    shard and writer jobs; a run planned on another version never sees them (ppdb_lc.runs cleans them)."""
+    return work("batches", batch, "build", run)
+
+
 def shard_summaries(batch, run):
     return [work("batches", batch, "build", run, "shards", f"{k:04d}", "summary.json")
             for k in range(ingest_shards(batch))]

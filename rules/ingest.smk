@@ -7,12 +7,6 @@
 #          then published by one atomic switch of the top-level collection.properties.
 
 
-def build_dir(batch, run):
-    """A night's build, per run (the version the run was planned on): a rerun of the same run reuses its finished
-    shard and writer jobs; a run planned on another version never sees them (ppdb_lc.runs cleans them)."""
-    return work("batches", batch, "build", run)
-
-
 rule ingest_changes:
     input:
         unpack(lambda wc: staged(wc.batch)),
