@@ -109,14 +109,17 @@ def write_pixel_slices(
     if table.num_rows == 0:
         return counts
     order = np.argsort(slots, kind="stable")
-    table, slots = table.take(order), slots[order]
-    bounds = np.flatnonzero(np.diff(slots)) + 1
-    for start, stop in zip(np.r_[0, bounds], np.r_[bounds, len(slots)], strict=True):
-        pixel = pixels[int(slots[start])]
-        part = table.slice(int(start), int(stop - start))
-        write_leaf(part, pixel_file(catalog_dir, pixel, file_name))
-        counts[pixel] = part.num_rows
+    for slot, part in sorted_slices(table.take(order), slots[order]):
+        write_leaf(part, pixel_file(catalog_dir, pixels[slot], file_name))
+        counts[pixels[slot]] = part.num_rows
     return counts
+
+
+def sorted_slices(table: pa.Table, slots: np.ndarray) -> list[tuple[int, pa.Table]]:
+    """``(slot, rows)`` of each run of equal ``slots`` (sorted): zero-copy slices of ``table``."""
+    bounds = np.flatnonzero(np.diff(slots)) + 1
+    return [(int(slots[a]), table.slice(int(a), int(b - a)))
+            for a, b in zip(np.r_[0, bounds], np.r_[bounds, len(slots)], strict=True)]
 
 
 class BackgroundWriter:

@@ -8,7 +8,7 @@ steps, each a set of independent jobs whose memory is set by ``sharding.rows_per
    (:func:`ppdb_lc.revise.revise`); the DiaSource copies re-emitted under another ``diaObjectId`` in another
    staging part (the only re-emitted copies two shards could both hold); the night's rows that update records
    reassign to another object (they change shard). Reads key columns of the night, full rows of the targets only.
-2. **shards** (``N`` jobs): shard ``k`` takes the rows whose object hashes to ``k`` (:func:`shard_of`; a source by
+2. **shards** (``N`` jobs): shard ``k`` takes the rows whose object hashes to ``k`` (:func:`stage.shard_of`; a source by
    its object after the records are applied, so a reassigned point goes to its new object's shard), resolves
    re-emitted copies and object versions, applies the records and nests the light curves
    (:func:`ppdb_lc.lightcurves.nest_batch`). Every row of an object is in its shard, so nesting, orphan
@@ -30,6 +30,7 @@ from __future__ import annotations
 import json
 import logging
 import shutil
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -60,9 +61,6 @@ MIN_ROW_GROUP = 50  # rows per row group of a shard's rows, at least: writers re
 
 class StaleBuildError(RuntimeError):
     """The build was made against a collection version that is no longer published."""
-
-
-shard_of = stage.shard_of
 
 
 def published(settings: Settings) -> Path:
@@ -325,7 +323,7 @@ def _shard_rows(parts: Sequence[Path], night: str, dataset: str, shard: int, sha
         t = stage.read_part(path, shard=shard, shards=shards)
         tables.append(t.append_column(PART, pa.array(np.full(t.num_rows, i), pa.int64())).replace_schema_metadata(None))
     if extra is not None and extra.num_rows:
-        others = shard_of(extra["diaObjectId"], shards) != shard  # those of this shard are already here
+        others = stage.shard_of(extra["diaObjectId"], shards) != shard  # those of this shard are already here
         tables.append(extra.filter(pa.array(others)).select(tables[0].schema.names).cast(tables[0].schema))
     table = pa.concat_tables(tables)
     if dataset == "DiaSource" and not losers.empty:
@@ -374,12 +372,12 @@ def build_shard(batch: Batch, staged: dict[str, list[Path]], layout: Layout, set
         sources = sources.filter(pc.invert(pc.is_in(sources["diaSourceId"], kept_sources)))
     forced = _without_keys(forced, pq.read_table(layout.changes / "kept_forced.parquet").to_pandas())
     flat = updates.apply_to_flat(objects, sources, forced, effects)
-    night_sources = flat.sources.filter(pa.array(shard_of(flat.sources["diaObjectId"], shards) == shard))
+    night_sources = flat.sources.filter(pa.array(stage.shard_of(flat.sources["diaObjectId"], shards) == shard))
     parts = [night_sources]
     moved_path = layout.changes / "moved_sources.parquet"
     if moved_path.exists():
         moved = pq.read_table(moved_path)
-        moved = moved.filter(pa.array(shard_of(moved["diaObjectId"], shards) == shard))
+        moved = moved.filter(pa.array(stage.shard_of(moved["diaObjectId"], shards) == shard))
         parts.append(moved.select(night_sources.schema.names).cast(night_sources.schema))
     rows, stats = lightcurves.nest_batch(flat.objects, pa.concat_tables(parts), flat.forced, schema)
     # row groups of about a writer's window / shards rows: a writer reads a window from every shard, so each read
@@ -468,13 +466,6 @@ def _windows(positions: np.ndarray, size: int) -> list[tuple[int, int]]:
     return [(int(a), int(b)) for a, b in zip(bounds[:-1], bounds[1:], strict=True) if b > a]
 
 
-def _slices(table: pa.Table, slots: np.ndarray) -> list[tuple[int, pa.Table]]:
-    """``(slot, rows)`` of each run of equal (sorted) ``slots``: zero-copy slices."""
-    bounds = np.flatnonzero(np.diff(slots)) + 1
-    return [(int(slots[a]), table.slice(int(a), int(b - a)))
-            for a, b in zip(np.r_[0, bounds], np.r_[bounds, len(slots)], strict=True)]
-
-
 def build_writer(batch: Batch, layout: Layout, settings: Settings, writer: int, writers: int) -> dict:
     """Step 3: write the night's files of one group of pixels; see module doc. Rows are read and written a window
     of positions at a time: catalog rows holding about ``sharding.rows_per_ingest_job`` / 10 points (at least 100
@@ -534,7 +525,7 @@ def build_writer(batch: Batch, layout: Layout, settings: Settings, writer: int, 
             own = np.flatnonzero(np.isin(slots, mine))  # contiguous: my pixels are consecutive in sky order
             if len(own):
                 start, stop = int(own[0]), int(own[-1]) + 1
-                for slot, table in _slices(rows.slice(start, stop - start), slots[start:stop]):
+                for slot, table in catalog.sorted_slices(rows.slice(start, stop - start), slots[start:stop]):
                     files.append(pixels[slot], table)
                     counts[pixels[slot]] = counts.get(pixels[slot], 0) + table.num_rows
                 index_parts.append((rows[lightcurves.OBJECT_ID].to_numpy()[start:stop], hp29[start:stop],
@@ -611,8 +602,6 @@ def _pixel_key(pixel: HealpixPixel) -> list[int]:
 def assemble(batch: Batch, layout: Layout, settings: Settings, writers: int, started: float) -> dict:
     """Gather the jobs' outputs into the build's ``summary.json``, ``histogram.npy``, night update log and pending
     records (what :func:`ppdb_lc.nightly.commit_batch` reads); return the summary."""
-    import time
-
     changes = json.loads((layout.changes / "summary.json").read_text())
     shards = int(changes["shards"])
     base = published(settings)
