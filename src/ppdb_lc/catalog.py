@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import functools
 from collections import deque
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 
@@ -86,6 +86,32 @@ class PixelFileWriter:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+def points_per_row(metadata: pq.FileMetaData) -> float:
+    """Mean nested points (light-curve entries of every nested column) per row of a catalog file, from its footer."""
+    if metadata.num_rows == 0:
+        return 0.0
+    first_leaf: dict[str, int] = {}
+    group = metadata.row_group(0) if metadata.num_row_groups else None
+    for i in range(group.num_columns if group is not None else 0):
+        top = group.column(i).path_in_schema.split(".")[0]
+        if "." in group.column(i).path_in_schema and top not in first_leaf:
+            first_leaf[top] = i
+    values = sum(metadata.row_group(g).column(i).num_values for g in range(metadata.num_row_groups)
+                 for i in first_leaf.values())
+    return values / metadata.num_rows
+
+
+def read_parts(path: Path, points: int, *, columns: Sequence[str] | None = None, schema: pa.Schema | None = None
+               ) -> Iterator[pa.Table]:
+    """The rows of a catalog file in consecutive parts of about ``points`` nested points each (at least one row),
+    cast to ``schema`` if given: a file is never held whole, however many nights or years of points it holds."""
+    handle = pq.ParquetFile(path)
+    rows = max(1, int(points / max(1.0, points_per_row(handle.metadata))))
+    for batch in handle.iter_batches(batch_size=rows, columns=list(columns) if columns is not None else None):
+        table = pa.Table.from_batches([batch])
+        yield table.cast(schema) if schema is not None else table
 
 
 def is_data_file(path: Path) -> bool:

@@ -23,6 +23,7 @@ never the catalog:
 from __future__ import annotations
 
 import logging
+import shutil
 from collections import defaultdict
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -71,8 +72,10 @@ class Revision:
     found_sources: set[int] = field(default_factory=set)
     found_forced: set[tuple[int, int, int]] = field(default_factory=set)
     found_objects: dict[int, int] = field(default_factory=dict)
-    #: points taken out of their rows, as flat DiaSource rows with their new diaObjectId (null: SSObject)
-    moved_sources: list[pa.Table] = field(default_factory=list)
+    #: points taken out of their rows (written as flat DiaSource rows with their new diaObjectId, null for an
+    #: SSObject, to ``revise``'s ``out_moved``): to another DiaObject, to an SSObject
+    moved: int = 0
+    moved_to_ssobjects: int = 0
     files_rewritten: list[str] = field(default_factory=list)
     margin_files_rewritten: list[str] = field(default_factory=list)
     rows_dropped: int = 0
@@ -93,14 +96,19 @@ def candidate_pixels(ra: np.ndarray, dec: np.ndarray, pixels: Sequence[HealpixPi
     return {pixels[int(s)] for s in slots}
 
 
-def _read_keys(path: Path) -> dict[str, np.ndarray]:
-    """Key columns of one catalog file: object rows, and the (row, value) pairs of the nested keys."""
-    table = pq.read_table(path, columns=_KEYS)
-    out = {"diaObjectId": table.column(0).to_numpy(),
-           "chunk": pc.fill_null(table.column(1), -1).to_numpy()}
-    for i, name in ((2, "source_id"), (3, "source_chunk"), (4, "forced_visit"), (5, "forced_detector"),
-                    (6, "forced_chunk")):
-        lists = table.column(i).combine_chunks()
+def _keys_of(table: pa.Table) -> dict[str, np.ndarray]:
+    """Key columns of catalog rows (``_KEYS``, as :func:`catalog.read_parts` returns them: one struct column per
+    nested table): object rows, and the (row, value) pairs of the nested keys."""
+    def column(path: str) -> pa.Array:
+        top, _, inner = path.partition(".")
+        array = table.column(top).combine_chunks()
+        return array.field(inner) if inner else array
+
+    out = {"diaObjectId": column(_KEYS[0]).to_numpy(),
+           "chunk": pc.fill_null(column(_KEYS[1]), -1).to_numpy()}
+    for path, name in zip(_KEYS[2:], ("source_id", "source_chunk", "forced_visit", "forced_detector",
+                                      "forced_chunk"), strict=True):
+        lists = column(path)
         values = pc.list_flatten(lists)
         out[name] = pc.fill_null(values, -1).to_numpy(zero_copy_only=False).astype(np.int64)
         out[name.split("_")[0] + "_row"] = pc.list_parent_indices(lists).to_numpy()
@@ -122,14 +130,90 @@ class _MarginChange:
     border its old rows reached, its new border rows in (a margin's share of the rows, not the file)."""
 
     ranges: list[np.ndarray] = field(default_factory=list)
-    rows: list[pa.Table] = field(default_factory=list)
+    rows: list[Path] = field(default_factory=list)  # spilled to scratch files: one table per part of P
+
+
+_NOT_RE_EMITTED = -1  #: ``night_chunk`` of a wanted point that is a record's target only
+
+
+@dataclass(frozen=True)
+class _Wanted:
+    """The targets of :func:`revise` as key tables (no per-target Python objects: there are as many as the night's
+    rows observed before the last commit): points with the night's chunk if re-emitted (else ``-1``) and whether a
+    record targets them, and the objects of object records."""
+
+    sources: pd.DataFrame  # diaSourceId, night_chunk, effect
+    forced: pd.DataFrame  # diaObjectId, visit, detector, night_chunk, effect
+    objects: np.ndarray
+
+    @staticmethod
+    def of(lookups: Lookups) -> _Wanted:
+        eff = lookups.effects
+
+        def table(effect_keys: pd.DataFrame, night: pd.DataFrame, key: list[str]) -> pd.DataFrame:
+            parts = [effect_keys[key].astype(np.int64).assign(night_chunk=_NOT_RE_EMITTED, effect=True)]
+            if not night.empty:
+                parts.append(night[key].astype(np.int64).assign(night_chunk=night[CHUNK].to_numpy(np.int64),
+                                                                 effect=False))
+            both = pd.concat(parts, ignore_index=True)
+            return both.groupby(key, sort=False).agg(night_chunk=("night_chunk", "max"),
+                                                     effect=("effect", "any")).reset_index()
+
+        sources = table(pd.DataFrame({"diaSourceId": eff.source_ids()}), lookups.sources, ["diaSourceId"])
+        forced = table(eff.forced, lookups.forced, ["diaObjectId", "visit", "detector"])
+        return _Wanted(sources, forced, np.asarray(eff.object_ids(), dtype=np.int64))
+
+    def find(self, keys: dict[str, np.ndarray], result: Revision) -> tuple[bool, set[int]]:
+        """Record in ``result`` the targets among ``keys`` (:func:`_keys_of` of some committed rows); return
+        whether any row holds a target, and the committed source copies that the night's earlier copy replaces."""
+        touches, remove = False, set()
+        point_tables = (
+            ("diaSourceId", self.sources, {"diaSourceId": keys["source_id"], "chunk": keys["source_chunk"]}),
+            ("forced", self.forced, {"diaObjectId": keys["diaObjectId"][keys["forced_row"]],
+                                     "visit": keys["forced_visit"], "detector": keys["forced_detector"],
+                                     "chunk": keys["forced_chunk"]}))
+        for kind, wanted, columns in point_tables:
+            if wanted.empty or not len(columns["chunk"]):
+                continue
+            hit = pd.DataFrame(columns).merge(wanted, on=[c for c in columns if c != "chunk"])
+            if hit.empty:
+                continue
+            night_chunk = hit["night_chunk"].to_numpy()
+            re_emitted = night_chunk != _NOT_RE_EMITTED
+            replaced = re_emitted & (hit["chunk"].to_numpy() > night_chunk)  # the night brings an earlier copy
+            found = hit["effect"].to_numpy(bool) & ~replaced
+            touches |= bool(replaced.any() or found.any())
+            if kind == "diaSourceId":
+                ids = hit["diaSourceId"].to_numpy(np.int64)
+                remove.update(ids[replaced].tolist())
+                result.replaced_sources.update(ids[replaced].tolist())
+                result.kept_sources.update(ids[re_emitted & ~replaced].tolist())
+                result.found_sources.update(ids[found].tolist())
+            else:
+                triples = hit[["diaObjectId", "visit", "detector"]].to_numpy(np.int64)
+                result.replaced_forced.update(map(tuple, triples[replaced].tolist()))
+                result.kept_forced.update(map(tuple, triples[re_emitted & ~replaced].tolist()))
+                result.found_forced.update(map(tuple, triples[found].tolist()))
+        rows = np.flatnonzero(np.isin(keys["diaObjectId"], self.objects)) if len(self.objects) else []
+        if len(rows):
+            touches = True
+            for oid, chunk in zip(keys["diaObjectId"][rows].tolist(), keys["chunk"][rows].tolist(), strict=True):
+                if chunk >= 0:
+                    result.found_objects[oid] = min(chunk, result.found_objects.get(oid, chunk))
+        return touches, remove
 
 
 def revise(base_catalog: Path, pixels: Sequence[HealpixPixel], lookups: Lookups, *, margin_dir: Path,
-           margin_order: int, out_catalog: Path, out_margin: Path, schema: pa.Schema, margin_schema: pa.Schema
-           ) -> Revision:
+           margin_order: int, out_catalog: Path, out_margin: Path, out_moved: Path, schema: pa.Schema,
+           margin_schema: pa.Schema, points_per_part: int = 50_000) -> Revision:
     """Find ``lookups`` in the committed files of ``base_catalog`` and write revised copies of the files that hold
-    targets (and of their margin files) below ``out_catalog`` / ``out_margin``, at the same relative paths."""
+    targets (and of their margin files) below ``out_catalog`` / ``out_margin``, at the same relative paths, and
+    the points that leave their rows to ``out_moved`` (written only if there are some).
+
+    Files are read and rewritten in parts of about ``points_per_part`` nested points (:func:`catalog.read_parts`):
+    every step is row by row, so memory is a part's, not a file's (a compacted file holds years of points). The
+    new border rows of rewritten files wait in scratch files next to ``out_margin`` until their margin files are
+    rewritten, and moved points are written as they are found."""
     result = Revision()
     eff = lookups.effects
     ra = np.concatenate([lookups.record_ra, *(f["ra"].to_numpy(np.float64) for f in (lookups.sources, lookups.forced)
@@ -139,86 +223,63 @@ def revise(base_catalog: Path, pixels: Sequence[HealpixPixel], lookups: Lookups,
     wanted_pixels = partitioning.sorted_pixels(candidate_pixels(ra, dec, pixels, margin_order))
     if not wanted_pixels:
         return result
-    want_sources = pd.DataFrame({"id": np.concatenate([eff.source_ids(), lookups.sources.get(
-        "diaSourceId", pd.Series(dtype=np.int64)).to_numpy(np.int64)])})
-    want_forced = pd.concat([eff.forced[["diaObjectId", "visit", "detector"]],
-                             lookups.forced[["diaObjectId", "visit", "detector"]] if not lookups.forced.empty else None])
-    want_objects = pd.DataFrame({"diaObjectId": eff.object_ids()})
-    night_source_chunk = dict(zip(lookups.sources.get("diaSourceId", []), lookups.sources.get(CHUNK, []), strict=True))
-    night_forced_chunk = {} if lookups.forced.empty else {
-        (int(o), int(v), int(d)): int(c) for o, v, d, c in lookups.forced[["diaObjectId", "visit", "detector", CHUNK]]
-        .itertuples(index=False)}
-    reemitted_sources = set(night_source_chunk)
-    reemitted_forced = set(night_forced_chunk)
-    effect_sources = set(eff.source_ids().tolist())
-
-    effect_forced = set(map(tuple, eff.forced[["diaObjectId", "visit", "detector"]].to_numpy(np.int64).tolist()))
+    wanted = _Wanted.of(lookups)
     #: files holding a target -> their pixel and the committed source copies to remove (replaced by the night's)
     plans: dict[Path, tuple[HealpixPixel, set[int]]] = {}
     for pixel, path in catalog.pixel_files(base_catalog, wanted_pixels):
         result.files_scanned += 1
-        keys = _read_keys(path)
         touches, remove = False, set()
-        for pos in _pairs_in([keys["source_id"]], want_sources, ["id"]):
-            sid = int(keys["source_id"][pos])
-            if sid in reemitted_sources and int(keys["source_chunk"][pos]) > int(night_source_chunk[sid]):
-                result.replaced_sources.add(sid)  # the night brings an earlier chunk's copy: it replaces this one
-                remove.add(sid)
-                touches = True
-                continue
-            if sid in reemitted_sources:
-                result.kept_sources.add(sid)
-            if sid in effect_sources:
-                result.found_sources.add(sid)
-                touches = True
-        owners = keys["diaObjectId"][keys["forced_row"]]
-        for pos in _pairs_in([owners, keys["forced_visit"], keys["forced_detector"]], want_forced,
-                             ["diaObjectId", "visit", "detector"]):
-            key = (int(owners[pos]), int(keys["forced_visit"][pos]), int(keys["forced_detector"][pos]))
-            if key in reemitted_forced and int(keys["forced_chunk"][pos]) > night_forced_chunk[key]:
-                result.replaced_forced.add(key)
-                touches = True
-                continue
-            if key in reemitted_forced:
-                result.kept_forced.add(key)
-            if key in effect_forced:
-                result.found_forced.add(key)
-                touches = True
-        for pos in _pairs_in([keys["diaObjectId"]], want_objects, ["diaObjectId"]):
-            touches = True
-            chunk = int(keys["chunk"][pos])
-            if chunk >= 0:
-                oid = int(keys["diaObjectId"][pos])
-                result.found_objects[oid] = min(chunk, result.found_objects.get(oid, chunk))
+        for part in catalog.read_parts(path, points_per_part, columns=_KEYS):
+            found, replaced = wanted.find(_keys_of(part), result)
+            touches |= found
+            remove |= replaced
         if touches:
             plans[path] = (pixel, remove)
     log.info("revise: %d candidate pixels, %d files scanned, %d files hold targets", len(wanted_pixels),
              result.files_scanned, len(plans))
 
-    # one file at a time (memory: one file plus the margin rows of the rewritten files)
+    # one file at a time, a part at a time
     changes: dict[str, dict[int, _MarginChange]] = defaultdict(lambda: defaultdict(_MarginChange))
+    scratch = out_margin.parent / "border_rows"
+    moved_writer: pq.ParquetWriter | None = None
     for path, (pixel, remove) in plans.items():
-        old = pq.read_table(path, schema=schema)
-        new, moved, dropped = rewrite_rows(old, eff, remove, result.replaced_forced, schema)
-        if moved.num_rows:
-            result.moved_sources.append(moved)
-        result.rows_dropped += int(dropped.sum())
-        result.dropped_healpix29.append(old[SPATIAL_INDEX_COLUMN].to_numpy()[dropped])
         relative = path.relative_to(base_catalog)
-        target = out_catalog / relative
-        target.parent.mkdir(parents=True, exist_ok=True)
-        catalog.write_leaf(new, target)
-        result.files_rewritten.append(str(relative))
         slot = pixels.index(pixel)
-        hp_old = old[SPATIAL_INDEX_COLUMN].to_numpy()
-        _, reached = margins.margin_targets(hp_old, np.full(len(hp_old), slot), pixels, margin_order)
-        for q in np.unique(reached):
+        reached_old: set[int] = set()
+        with catalog.PixelFileWriter(out_catalog, path.name, schema) as writer:
+            for old in catalog.read_parts(path, points_per_part, schema=schema):
+                new, moved, dropped = rewrite_rows(old, eff, remove, result.replaced_forced, schema)
+                if moved.num_rows:
+                    if moved_writer is None:
+                        out_moved.parent.mkdir(parents=True, exist_ok=True)
+                        moved_writer = pq.ParquetWriter(out_moved, moved.schema)
+                    moved_writer.write_table(moved)
+                    to_ss = int(moved[lightcurves.OBJECT_ID].null_count)
+                    result.moved_to_ssobjects += to_ss
+                    result.moved += moved.num_rows - to_ss
+                result.rows_dropped += int(dropped.sum())
+                hp_old = old[SPATIAL_INDEX_COLUMN].to_numpy()
+                result.dropped_healpix29.append(hp_old[dropped])
+                writer.append(pixel, new)
+                _, reached = margins.margin_targets(hp_old, np.full(len(hp_old), slot), pixels, margin_order)
+                reached_old.update(np.unique(reached).tolist())
+                hp_new = new[SPATIAL_INDEX_COLUMN].to_numpy()
+                rows, reached = margins.margin_targets(hp_new, np.full(len(hp_new), slot), pixels, margin_order)
+                for q in np.unique(reached):
+                    change = changes[path.name][int(q)]
+                    spill = scratch / f"{path.stem}-{int(q)}-{len(change.rows)}.parquet"
+                    spill.parent.mkdir(parents=True, exist_ok=True)
+                    pq.write_table(new.take(pa.array(rows[reached == q])), spill)
+                    change.rows.append(spill)
+            if writer.pixel is None:  # a file without rows
+                writer.append(pixel, schema.empty_table())
+        for q in sorted(reached_old):
             changes[path.name][int(q)].ranges.append(_ranges(pixel))
-        hp_new = new[SPATIAL_INDEX_COLUMN].to_numpy()
-        rows, reached = margins.margin_targets(hp_new, np.full(len(hp_new), slot), pixels, margin_order)
-        for q in np.unique(reached):
-            changes[path.name][int(q)].rows.append(new.take(pa.array(rows[reached == q])))
+        result.files_rewritten.append(str(relative))
+    if moved_writer is not None:
+        moved_writer.close()
     _revise_margins(changes, pixels, margin_dir, out_margin, margin_schema, result)
+    shutil.rmtree(scratch, ignore_errors=True)
     return result
 
 
@@ -309,7 +370,7 @@ def _revise_margins(changes: dict[str, dict[int, _MarginChange]], pixels: Sequen
                 for lo, hi in change.ranges:
                     outside &= (hp < lo) | (hp >= hi)
                 parts.append(current.filter(pa.array(outside)))
-            parts += [t.select(margin_schema.names).cast(margin_schema) for t in change.rows]
+            parts += [pq.read_table(t).select(margin_schema.names).cast(margin_schema) for t in change.rows]
             table = pa.concat_tables(parts) if parts else margin_schema.empty_table()
             table = table.sort_by(SPATIAL_INDEX_COLUMN)
             relative = path.relative_to(margin_dir)

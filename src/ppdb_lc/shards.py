@@ -59,6 +59,13 @@ ROWS_FILE = "rows.parquet"
 MIN_ROW_GROUP = 50  # rows per row group of a shard's rows, at least: writers read only the row groups they need
 
 
+def window_points(settings: Settings) -> int:
+    """Points (nested light-curve entries) a job of the build holds at once when it streams rows: a writer's
+    window, a part of a committed file being revised. A tenth of a job's rows, so streamed rows are a small share
+    of its memory."""
+    return max(1, settings.rows_per_ingest_job // 10)
+
+
 class StaleBuildError(RuntimeError):
     """The build was made against a collection version that is no longer published."""
 
@@ -136,34 +143,48 @@ class Layout:
         return self.build / "writers" / f"{j:04d}"
 
 
-def _cross_part_losers(parts: Sequence[Path], night: str) -> pd.DataFrame:
+def _cross_part_losers(parts: Sequence[Path], night: str, scratch: Path, bucket_ids: int) -> pd.DataFrame:
     """DiaSource copies that lose to a copy in another staging part (``_part``, ``diaSourceId``).
 
     Within a part staging kept the earliest chunk's copy; across parts the same rule
     (:func:`postprocess.first_copies`: earliest chunk, then the earlier part) is applied here to the ids alone, so
-    shards never see two copies of one source even when they were emitted under different objects. Holds the
-    night's DiaSource ids (8 bytes each), then only the repeated ones.
+    shards never see two copies of one source even when they were emitted under different objects. The night's ids
+    are split by hash into buckets of about ``bucket_ids`` (files below ``scratch``), and each bucket is searched for
+    repeated ids on its own: memory is one part's ids and one bucket's, not the night's.
     """
     files = _staged_files(parts, night)
     empty = pd.DataFrame({PART: np.empty(0, np.int64), "diaSourceId": np.empty(0, np.int64)})
     if len(files) < 2:
         return empty
-    ids = [stage.read_part(path, columns=["diaSourceId"])["diaSourceId"].to_numpy() for _, path in files]
-    values, counts = np.unique(np.concatenate(ids), return_counts=True)
-    repeated = values[counts > 1]
-    del values, counts
-    if not len(repeated):
-        return empty
+    total = sum(pq.ParquetFile(path).metadata.num_rows for _, path in files)
+    buckets = max(1, -(-total // max(1, bucket_ids)))
+    scratch.mkdir(parents=True, exist_ok=True)
+    for i, path in files:
+        table = stage.read_part(path, columns=["diaSourceId", CHUNK])
+        ids = table["diaSourceId"].to_numpy()
+        chunk = pc.fill_null(table[CHUNK], np.iinfo(np.int64).max).to_numpy()
+        bucket = stage.shard_of(table["diaSourceId"], buckets)
+        order = np.argsort(bucket, kind="stable")
+        bounds = np.searchsorted(bucket[order], np.arange(buckets + 1))
+        for k in range(buckets):
+            rows = order[bounds[k]:bounds[k + 1]]
+            np.save(scratch / f"{k:05d}-{i:05d}.npy", np.stack([ids[rows], chunk[rows]]))
     frames = []
-    for (i, path), part_ids in zip(files, ids, strict=True):
-        hit = np.flatnonzero(np.isin(part_ids, repeated))
-        if len(hit):
-            chunk = stage.read_part(path, columns=[CHUNK])[CHUNK]
-            frames.append(pd.DataFrame({PART: i, "diaSourceId": part_ids[hit], CHUNK: pc.fill_null(
-                chunk, np.iinfo(np.int64).max).to_numpy()[hit]}))
+    for k in range(buckets):
+        pairs = [(i, np.load(scratch / f"{k:05d}-{i:05d}.npy")) for i, _ in files]
+        values, counts = np.unique(np.concatenate([p[0] for _, p in pairs]), return_counts=True)
+        repeated = values[counts > 1]
+        for i, pair in pairs if len(repeated) else ():
+            hit = np.isin(pair[0], repeated)
+            if hit.any():
+                frames.append(pd.DataFrame({PART: i, "diaSourceId": pair[0][hit], CHUNK: pair[1][hit]}))
+    shutil.rmtree(scratch)
+    if not frames:
+        return empty
     copies = pd.concat(frames, ignore_index=True)
     first = copies.sort_values(["diaSourceId", CHUNK, PART], kind="stable").drop_duplicates("diaSourceId")
-    return copies.drop(index=first.index)[[PART, "diaSourceId"]].reset_index(drop=True)
+    losers = copies.drop(index=first.index)[[PART, "diaSourceId"]]
+    return losers.sort_values([PART, "diaSourceId"], kind="stable").reset_index(drop=True)
 
 
 def _old_rows(parts: Sequence[Path], night: str, dataset: str, limit: float, losers: pd.DataFrame) -> pd.DataFrame:
@@ -237,7 +258,8 @@ def build_changes(batch: Batch, staged: dict[str, list[Path]], layout: Layout, s
     records = stage.read_staged(staged[stage.UPDATES], batch.night, stage.UPDATES)
     pending_before = read_pending(base)
     all_records = pa.concat_tables([pending_before, records])  # pending first: status[len(pending):] is the night's
-    losers = _cross_part_losers(staged["DiaSource"], batch.night)
+    losers = _cross_part_losers(staged["DiaSource"], batch.night, out / "source_ids",
+                                settings.rows_per_ingest_job)
     horizon = last_store_time(read_ledger(base))
     old = {"DiaSource": pd.DataFrame(), "DiaForcedSource": pd.DataFrame()}
     if horizon is not None:  # rows observed before the last committed store may have a committed copy
@@ -252,8 +274,10 @@ def build_changes(batch: Batch, staged: dict[str, list[Path]], layout: Layout, s
     if not effects.empty or not old["DiaSource"].empty or not old["DiaForcedSource"].empty:
         revision = revise.revise(
             base_catalog, existing, lookups, margin_dir=base / names.margin, margin_order=morder,
-            out_catalog=out / "rewrite" / "catalog", out_margin=out / "rewrite" / "margin", schema=schema,
+            out_catalog=out / "rewrite" / "catalog", out_margin=out / "rewrite" / "margin",
+            out_moved=out / "moved_sources.parquet", schema=schema,
             margin_schema=pq.read_schema(Path(paths.get_common_metadata_pointer(base / names.margin).path)),
+            points_per_part=window_points(settings),
         )
     # records that changed a replaced committed copy apply again to the night's (earlier) copy
     applied = all_records
@@ -273,14 +297,9 @@ def build_changes(batch: Batch, staged: dict[str, list[Path]], layout: Layout, s
     reassigned = _reassigned_rows(staged["DiaSource"], batch.night, updates.reduce(applied))
     if reassigned is not None:
         pq.write_table(reassigned, out / "reassigned_sources.parquet")
-    if revision.moved_sources:
-        pq.write_table(pa.concat_tables(revision.moved_sources, promote_options="permissive"),
-                       out / "moved_sources.parquet")
     dropped = (np.concatenate(revision.dropped_healpix29) if revision.dropped_healpix29
                else np.empty(0, np.int64))
     np.save(out / "dropped_healpix29.npy", dropped)
-    moved = [m["diaObjectId"].combine_chunks() for m in revision.moved_sources]
-    ss = int(pc.sum(pc.is_null(pa.concat_arrays(moved))).as_py() or 0) if moved else 0
     summary = {
         "base_version": base.name,
         "shards": shards,
@@ -289,8 +308,8 @@ def build_changes(batch: Batch, staged: dict[str, list[Path]], layout: Layout, s
                                 for ds in ("DiaSource", "DiaForcedSource")},
         "cross_part_source_copies": len(losers),
         **_found(revision.found_sources, revision.found_forced, revision.found_objects),
-        "moved": sum(len(m) for m in moved) - ss,
-        "moved_to_ssobjects": ss,
+        "moved": revision.moved,
+        "moved_to_ssobjects": revision.moved_to_ssobjects,
         "kept_sources": len(revision.kept_sources),
         "kept_forced": len(revision.kept_forced),
         "replaced": len(revision.replaced_sources) + len(revision.replaced_forced),
@@ -383,7 +402,7 @@ def build_shard(batch: Batch, staged: dict[str, list[Path]], layout: Layout, set
     # row groups of about a writer's window / shards rows: a writer reads a window from every shard, so each read
     # takes about what it needs (see build_writer)
     points_per_row = max(1.0, (stats.sources + stats.forced_sources) / max(1, rows.num_rows))
-    row_group = max(MIN_ROW_GROUP, int(settings.rows_per_ingest_job / 10 / points_per_row / shards))
+    row_group = max(MIN_ROW_GROUP, int(window_points(settings) / points_per_row / shards))
     pq.write_table(rows, out / ROWS_FILE, row_group_size=row_group, compression="zstd")
     hp29 = rows[SPATIAL_INDEX_COLUMN].to_numpy()
     cells, counts = np.unique(spatial_index_to_healpix(hp29, target_order=order), return_counts=True)
@@ -468,7 +487,7 @@ def _windows(positions: np.ndarray, size: int) -> list[tuple[int, int]]:
 
 def build_writer(batch: Batch, layout: Layout, settings: Settings, writer: int, writers: int) -> dict:
     """Step 3: write the night's files of one group of pixels; see module doc. Rows are read and written a window
-    of positions at a time: catalog rows holding about ``sharding.rows_per_ingest_job`` / 10 points (at least 100
+    of positions at a time: catalog rows holding about :func:`window_points` points (at least 100
     rows), whatever one pixel holds."""
     names = settings.names
     changes = json.loads((layout.changes / "summary.json").read_text())
@@ -485,7 +504,7 @@ def build_writer(batch: Batch, layout: Layout, settings: Settings, writer: int, 
     nested = [json.loads((layout.shard(k) / "summary.json").read_text()) for k in range(shards)]
     points_per_row = max(1.0, sum(s["sources"] + s["forced_sources"] for s in nested) / max(1, sum(
         s["rows"] for s in nested)))
-    window_rows = max(100, int(settings.rows_per_ingest_job / 10 / points_per_row))
+    window_rows = max(100, int(window_points(settings) / points_per_row))
     shift = 2 * (29 - morder)
     border = _near(np.unique(np.concatenate(
         [margins.border_cells(pixels[int(s)], morder) for s in mine] or [np.empty(0, np.int64)])), morder)
