@@ -9,7 +9,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 from hats.pixel_math import HealpixPixel
 
-from ppdb_lc import collection, compaction, lightcurves, margins, partitioning, postprocess
+from ppdb_lc import catalog, collection, compaction, lightcurves, margins, partitioning, postprocess
 from ppdb_lc.settings import CollectionNames
 from ppdb_lc.stash import Stash
 
@@ -154,3 +154,23 @@ def test_margin_collector_and_index_rows(tmp_path):
     assert index["diaObjectId"].to_pylist() == sorted(first["diaObjectId"].to_pylist())
     np.testing.assert_array_equal(index["Npix"].to_numpy(), np.array([p.pixel for p in pixels])[
         partitioning.locate(index["_healpix_29"].to_numpy(), pixels)])
+
+
+def test_catalog_files_are_read_in_parts_of_bounded_points(tmp_path):
+    """``catalog.read_parts``: consecutive parts of about the asked number of points (at least one row each), that
+    concatenate to the file; key columns come as one struct per nested table."""
+    first, second = two_fields_with_movers()
+    rows = lightcurves.fold(pa.concat_tables([first, second]), SCHEMA)  # 400 rows of 2 points each
+    path = tmp_path / "file.parquet"
+    catalog.write_leaf(rows, path)
+    # 2 sources and an empty forced list, which counts as one entry (its level in the file): parts err small
+    assert catalog.points_per_row(pq.ParquetFile(path).metadata) == 3.0
+    for points, rows_per_part in ((30, 10), (1, 1), (10**6, 400)):
+        parts = list(catalog.read_parts(path, points, schema=SCHEMA))
+        assert {p.num_rows for p in parts[:-1]} <= {rows_per_part} and 0 < parts[-1].num_rows <= rows_per_part
+        assert len(parts) == -(-400 // rows_per_part)
+        assert pa.concat_tables(parts).equals(rows.cast(SCHEMA))
+    keys = next(catalog.read_parts(path, 30, columns=["diaObjectId", "diaSource.diaSourceId"]))
+    assert keys.column_names == ["diaObjectId", "diaSource"]
+    want = rows["diaSource"].combine_chunks().field("diaSourceId").to_pylist()[:10]
+    assert keys["diaSource"].combine_chunks().field("diaSourceId").to_pylist() == want and len(want[0]) == 2
