@@ -13,9 +13,9 @@ steps, each a set of independent jobs whose memory is set by ``sharding.rows_per
    re-emitted copies and object versions, applies the records and nests the light curves
    (:func:`ppdb_lc.lightcurves.nest_batch`). Every row of an object is in its shard, so nesting, orphan
    positions and latest versions are exactly those of the whole night. Output: the shard's catalog rows sorted by
-   ``_healpix_29``, their histogram, the positions outside the published coverage, what the records found.
+   ``_healpix_29``, their histogram and that of its rows outside the published coverage, what the records found.
 3. **writers** (``N`` jobs): every writer computes the night's pixels from the shards' small outputs (new pixels
-   from the histogram of all uncovered rows, with hats' alignment, exactly as one job would), splits them into
+   from the summed histograms of uncovered rows, with hats' alignment, exactly as one job would), splits them into
    ``N`` groups of consecutive pixels with equal row counts, and writes its group: one dated file per pixel, the
    margin files of its pixels (border rows read from every shard by ``_healpix_29`` range), the margin backfill of
    the pixels it creates, and its index rows.
@@ -405,9 +405,9 @@ def build_shard(batch: Batch, staged: dict[str, list[Path]], layout: Layout, set
     row_group = max(MIN_ROW_GROUP, int(window_points(settings) / points_per_row / shards))
     pq.write_table(rows, out / ROWS_FILE, row_group_size=row_group, compression="zstd")
     hp29 = rows[SPATIAL_INDEX_COLUMN].to_numpy()
-    cells, counts = np.unique(spatial_index_to_healpix(hp29, target_order=order), return_counts=True)
-    np.save(out / "histogram.npy", np.stack([cells.astype(np.int64), counts.astype(np.int64)]))
-    np.save(out / "uncovered_healpix29.npy", hp29[partitioning.locate(hp29, existing) < 0])
+    cells = spatial_index_to_healpix(hp29, target_order=order)
+    np.save(out / "histogram.npy", _sparse_histogram(cells))
+    np.save(out / "uncovered_histogram.npy", _sparse_histogram(cells[partitioning.locate(hp29, existing) < 0]))
     faults.point("shard:written")  # rows written, summary not yet: a job killed here is redone by the rerun
     summary = {
         "shard": shard,
@@ -446,14 +446,23 @@ class NightPixels:
         return np.minimum(before * writers // total, writers - 1).astype(np.int64)
 
 
+def _sparse_histogram(cells: np.ndarray) -> np.ndarray:
+    """``[cells, counts]`` of the rows' cells (int64, 2 x n)."""
+    values, counts = np.unique(cells, return_counts=True)
+    return np.stack([values.astype(np.int64), counts.astype(np.int64)])
+
+
 def night_pixels(layout: Layout, shards: int, settings: Settings, base: Path) -> NightPixels:
     names = settings.names
     base_catalog = base / names.catalog
     order = int(TableProperties.read_from_dir(base_catalog).skymap_order)
     existing = partitioning.sorted_pixels(PartitionInfo.read_from_dir(base_catalog).get_healpix_pixels())
-    uncovered = np.concatenate([np.load(layout.shard(k) / "uncovered_healpix29.npy") for k in range(shards)])
-    created = (partitioning.new_pixels(uncovered, existing, order=order, threshold=settings.pixel_threshold)
-               if len(uncovered) else [])
+    uncovered = np.zeros(12 * 4**order, dtype=np.int64)  # the night's rows outside the coverage, per cell
+    for k in range(shards):
+        cells, counts = np.load(layout.shard(k) / "uncovered_histogram.npy")
+        np.add.at(uncovered, cells, counts)
+    created = (partitioning.pixels_for_histogram(uncovered, existing, order=order, threshold=settings.pixel_threshold)
+               if uncovered.any() else [])
     pixels = partitioning.sorted_pixels([*existing, *created])
     rows_per_pixel = np.zeros(len(pixels), dtype=np.int64)
     for k in range(shards):
