@@ -200,3 +200,18 @@ def test_sharded_daily_equals_unsharded_daily(workspace: Workspace, tmp_path_fac
     print(exercised)
     assert all(exercised[k] > 0 for k in ("reassigned", "withdrawn", "re-emitted", "orphans", "moved", "created")), (
         exercised)
+
+
+def test_row_groups_read_by_position_ranges(tmp_path: Path) -> None:
+    """Writers read the position column only from the shard row groups whose statistics meet their ranges."""
+    from ppdb_lc import shards
+
+    assert shards._merged_ranges(np.array([[5, 7], [0, 2], [2, 3], [6, 9], [20, 21]])).tolist() == [
+        [0, 3], [5, 9], [20, 21]]
+    path = tmp_path / "rows.parquet"
+    pq.write_table(pa.table({"_healpix_29": np.arange(0, 1000, 10, dtype=np.int64)}), path, row_group_size=10)
+    reader = shards.RowReader(path)  # 10 groups of 10 rows: [0, 90], [100, 190], ...
+    values, rows = reader.column_in("_healpix_29", np.array([[95, 101], [455, 456], [990, 2000]]))
+    assert rows.tolist() == [*range(10, 20), *range(40, 50), *range(90, 100)]  # groups 1, 4 and 9 only
+    assert values.tolist() == (rows * 10).tolist()
+    assert reader.column_in("_healpix_29", np.empty((0, 2), np.int64))[0].size == 0

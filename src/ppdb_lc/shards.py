@@ -215,6 +215,25 @@ class RowReader:
         sizes = [self.handle.metadata.row_group(g).num_rows for g in range(self.handle.num_row_groups)]
         self.starts = np.cumsum([0, *sizes])
 
+    def column_in(self, name: str, ranges: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Values of integer column ``name`` and their row positions, from the row groups whose statistics meet
+        ``ranges`` (sorted, disjoint ``[low, high)`` rows): only those groups are read."""
+        column = self.handle.schema_arrow.get_field_index(name)
+        groups = []
+        for g in range(self.handle.num_row_groups):
+            stats = self.handle.metadata.row_group(g).column(column).statistics
+            if stats is None or not stats.has_min_max:
+                groups.append(g)
+                continue
+            i = int(np.searchsorted(ranges[:, 1], stats.min, side="right"))  # first range ending after min
+            if i < len(ranges) and ranges[i, 0] <= stats.max:
+                groups.append(g)
+        if not groups:
+            return np.empty(0, np.int64), np.empty(0, np.int64)
+        values = self.handle.read_row_groups(groups, columns=[name])[name].to_numpy()
+        rows = np.concatenate([np.arange(self.starts[g], self.starts[g + 1]) for g in groups])
+        return values, rows
+
     def read(self, wanted: np.ndarray) -> pa.Table:
         """The rows at positions ``wanted`` (ascending)."""
         groups = np.unique(np.searchsorted(self.starts, wanted, side="right") - 1)
@@ -483,6 +502,24 @@ def _near(cells: np.ndarray, order: int) -> np.ndarray:
     return np.unique(np.concatenate([cells, ring[ring >= 0]]))
 
 
+def _pixel_start(pixel: HealpixPixel) -> int:
+    return pixel.pixel << 2 * (29 - pixel.order)
+
+
+def _pixel_end(pixel: HealpixPixel) -> int:
+    return (pixel.pixel + 1) << 2 * (29 - pixel.order)
+
+
+def _merged_ranges(ranges: np.ndarray) -> np.ndarray:
+    """``[low, high)`` ranges (n x 2) sorted and merged where they touch or overlap."""
+    if not len(ranges):
+        return ranges.reshape(0, 2)
+    ranges = ranges[np.argsort(ranges[:, 0], kind="stable")]
+    ends = np.maximum.accumulate(ranges[:, 1])
+    starts = np.flatnonzero(np.r_[True, ranges[1:, 0] > ends[:-1]])
+    return np.stack([ranges[starts, 0], np.r_[ends[starts[1:] - 1], ends[-1]]], axis=1)
+
+
 def _windows(positions: np.ndarray, size: int) -> list[tuple[int, int]]:
     """``[low, high)`` ranges of ``_healpix_29`` holding about ``size`` of ``positions`` each, never splitting equal
     values (rows are ordered by position, then id, within a window)."""
@@ -524,11 +561,15 @@ def build_writer(batch: Batch, layout: Layout, settings: Settings, writer: int, 
     wanted: list[np.ndarray] = []
     positions: list[np.ndarray] = []
     readers = [RowReader(layout.shard(k) / ROWS_FILE) for k in range(shards)]
-    for k in range(shards):
-        hp29 = pq.read_table(layout.shard(k) / ROWS_FILE, columns=[SPATIAL_INDEX_COLUMN])[SPATIAL_INDEX_COLUMN]
-        hp29 = hp29.to_numpy()
-        wanted.append(np.flatnonzero(np.isin(partitioning.locate(hp29, pixels), mine) | np.isin(hp29 >> shift, border)))
-        positions.append(hp29[wanted[-1]])
+    ranges = _merged_ranges(np.concatenate([
+        np.array([[_pixel_start(pixels[int(mine[0])]), _pixel_end(pixels[int(mine[-1])])]] if len(mine) else [],
+                 dtype=np.int64).reshape(-1, 2),
+        np.stack([border << shift, (border + 1) << shift], axis=1)]))
+    for k in range(shards):  # the position column of the row groups that may hold my rows only
+        hp29, at = readers[k].column_in(SPATIAL_INDEX_COLUMN, ranges)
+        hit = np.isin(partitioning.locate(hp29, pixels), mine) | np.isin(hp29 >> shift, border)
+        wanted.append(at[hit])
+        positions.append(hp29[hit])
     file_name = f"{batch.name}.parquet"
     margin_schema = pq.read_schema(Path(paths.get_common_metadata_pointer(base / names.margin).path))
     counts: dict[HealpixPixel, int] = {}
