@@ -174,3 +174,39 @@ def test_candidate_pixels_include_neighbours_whose_margin_holds_the_position():
     assert own in found
     # a position right on the pixel's corner is also in its neighbours' margins
     assert len(revise.candidate_pixels(ra, dec, pixels, order=13)) >= 1
+
+
+def test_each_shard_gets_every_record_of_the_rows_it_holds():
+    """``shards._records_per_shard``: object and forced-source records go to their object's shard; a source record
+    to the shards of its night row before and after the records (every record of that target: last write wins);
+    a record of a source that is not in the night goes nowhere (the changes job revises committed rows)."""
+    from ppdb_lc import shards, stage
+
+    records = updates.parse_records(eight_records(), "fixture")
+    # the night's copies of the targeted sources, with the object they were staged under
+    night = pa.table({"diaSourceId": pa.array([100001, 100002], pa.int64()),
+                      "diaObjectId": pa.array([200001, 200002], pa.int64())})
+    n = 4
+
+    def of(object_id):
+        return int(stage.shard_of(pa.array([object_id], pa.int64()), n)[0])
+
+    assert len({of(200001), of(400001), of(200002), 0}) > 1  # the ids spread over shards
+    targets = [(updates.record_targets(records)["k0"][i], records["update_type"][i].as_py()) for i in range(8)]
+    want: dict[int, set[int]] = {k: set() for k in range(n)}
+    for i, (key, kind) in enumerate(targets):
+        if key == 100001:  # to 300001, then to 400001
+            shard_set = {of(200001), of(400001)}
+        elif key == 100002:  # to an SSObject: no object, shard 0
+            shard_set = {of(200002), 0}
+        elif key == 100003:  # not in the night
+            shard_set = set()
+        else:
+            shard_set = {of(key)}
+        for k in shard_set:
+            want[k].add(i)
+    got = shards._records_per_shard(records, updates.reduce(records), night, n)
+    assert [sorted(g.tolist()) for g in got] == [sorted(want[k]) for k in range(n)]
+    assert all(np.all(np.diff(g) > 0) for g in got)  # in the records' order
+    assert shards._records_per_shard(records, updates.reduce(records), None, 1)[0].tolist() == [
+        i for i, (key, _) in enumerate(targets) if key not in (100001, 100002, 100003)]

@@ -297,7 +297,7 @@ def rewrite_rows(table: pa.Table, effects: Effects, remove_sources: set[int],
         np.empty(0, np.int64), np.empty(0, np.int64))
     if len(rows):
         table = updates.apply_to_objects(table, rows, effects.objects, eff_rows, updates.version_chunks(table))
-    moved = _flat_source_schema(schema).empty_table()
+    moved = moved_schema(schema).empty_table()
     counts = {}
     for name, (dataset, _) in lightcurves.NESTED.items():
         point_rows, points = lightcurves.flatten(table, name)
@@ -343,8 +343,8 @@ def rewrite_rows(table: pa.Table, effects: Effects, remove_sources: set[int],
     return table, moved, empty
 
 
-def _flat_source_schema(schema: pa.Schema) -> pa.Schema:
-    """Flat DiaSource rows as staged (the nested fields plus ``diaObjectId``)."""
+def moved_schema(schema: pa.Schema) -> pa.Schema:
+    """Points moved out of committed rows: flat DiaSource rows as staged (the nested fields plus ``diaObjectId``)."""
     inner = schema.field("diaSource").type
     return pa.schema([pa.field(lightcurves.OBJECT_ID, pa.int64()), *[pa.field(f.name, f.type.value_type)
                                                                      for f in inner]])

@@ -139,6 +139,14 @@ class Layout:
     def shard(self, k: int) -> Path:
         return self.build / "shards" / f"{k:04d}"
 
+    def shard_records(self, k: int) -> Path:
+        """The update records shard ``k`` applies (:func:`_records_per_shard`)."""
+        return self.changes / "records" / f"{k:04d}.parquet"
+
+    def shard_moved(self, k: int) -> Path:
+        """The points moved out of committed rows to objects of shard ``k`` (flat DiaSource rows)."""
+        return self.changes / "moved" / f"{k:04d}.parquet"
+
     def writer(self, j: int) -> Path:
         return self.build / "writers" / f"{j:04d}"
 
@@ -262,6 +270,55 @@ def _reassigned_rows(parts: Sequence[Path], night: str, effects: updates.Effects
     return pa.concat_tables(found) if found else None
 
 
+def _records_per_shard(records: pa.Table, effects: updates.Effects, reassigned: pa.Table | None, shards: int
+                       ) -> list[np.ndarray]:
+    """Positions (in order) of the records each shard needs, so that the records it reduces give, for every row it
+    holds, the same net effect as all of them (last write wins per target: every record of a target goes along):
+    object and forced-source records go to the shard of their ``diaObjectId``; a DiaSource record to the shards of
+    the night's copies of its target, before and after the records (it may move the point to another object's
+    shard). A record whose target is not among the night's rows is the changes job's alone (:func:`revise`)."""
+    targets = updates.record_targets(records)
+    is_source = (targets["table"] == "DiaSource").to_numpy()
+    shard = stage.shard_of(pa.array(targets["k0"].to_numpy()), shards)  # k0: diaObjectId unless a source record
+    pairs = [pd.DataFrame({"_record": np.flatnonzero(~is_source), "_shard": shard[~is_source]})]
+    if reassigned is not None and reassigned.num_rows and is_source.any():
+        rows = pd.DataFrame({"diaSourceId": reassigned["diaSourceId"].to_numpy(),
+                             "before": stage.shard_of(reassigned["diaObjectId"], shards)})
+        owner = rows[["diaSourceId"]].merge(effects.sources[["diaSourceId", "diaObjectId", "diaObjectId__set"]],
+                                            on="diaSourceId", how="left")
+        moves = owner["diaObjectId__set"].fillna(False).astype(bool).to_numpy()
+        new_owner = pa.array([updates._py(o) for o in owner["diaObjectId"].to_numpy(dtype=object)[moves]],
+                             pa.int64())
+        rows["after"] = rows["before"].to_numpy()
+        rows.loc[moves, "after"] = stage.shard_of(new_owner, shards)
+        where = pd.concat([rows[["diaSourceId", "before"]].set_axis(["k0", "_shard"], axis=1),
+                           rows[["diaSourceId", "after"]].set_axis(["k0", "_shard"], axis=1)]).drop_duplicates()
+        source_records = pd.DataFrame({"k0": targets["k0"].to_numpy()[is_source], "_record": np.flatnonzero(is_source)})
+        pairs.append(source_records.merge(where, on="k0")[["_record", "_shard"]])
+    both = pd.concat(pairs, ignore_index=True).drop_duplicates()
+    grouped = both.sort_values(["_shard", "_record"]).groupby("_shard")["_record"]
+    found = {int(k): v.to_numpy(np.int64) for k, v in grouped}
+    return [found.get(k, np.empty(0, np.int64)) for k in range(shards)]
+
+
+def _split_moved(path: Path, shards: int, layout: Layout, schema: pa.Schema) -> None:
+    """Write the moved points of ``path`` (if any) into one file per shard of their new object, a row group at a
+    time; every shard gets a file."""
+    source = pq.ParquetFile(path) if path.exists() else None
+    schema = source.schema_arrow if source is not None else revise.moved_schema(schema)
+    layout.shard_moved(0).parent.mkdir(parents=True, exist_ok=True)
+    writers = [pq.ParquetWriter(layout.shard_moved(k), schema) for k in range(shards)]
+    try:
+        for g in range(source.num_row_groups if source is not None else 0):
+            table = source.read_row_group(g)
+            shard = stage.shard_of(table[lightcurves.OBJECT_ID], shards)
+            for k in np.unique(shard):
+                writers[int(k)].write_table(table.filter(pa.array(shard == k)))
+    finally:
+        for writer in writers:
+            writer.close()
+
+
 def build_changes(batch: Batch, staged: dict[str, list[Path]], layout: Layout, settings: Settings, shards: int
                   ) -> dict:
     """Step 1: resolve the night's update records and re-emitted rows against the collection; see module doc."""
@@ -313,9 +370,15 @@ def build_changes(batch: Batch, staged: dict[str, list[Path]], layout: Layout, s
     kept_forced = pd.DataFrame(sorted(revision.kept_forced), columns=list(apdb.ROW_KEY["DiaForcedSource"]),
                                dtype=np.int64)
     pq.write_table(pa.Table.from_pandas(kept_forced, preserve_index=False), out / "kept_forced.parquet")
-    reassigned = _reassigned_rows(staged["DiaSource"], batch.night, updates.reduce(applied))
+    applied_effects = updates.reduce(applied)
+    reassigned = _reassigned_rows(staged["DiaSource"], batch.night, applied_effects)
     if reassigned is not None:
         pq.write_table(reassigned, out / "reassigned_sources.parquet")
+    # what each shard needs of the records and of the moved points: its share, not the night's
+    needs = _records_per_shard(applied, applied_effects, reassigned, shards)
+    for k in range(shards):
+        write_records(layout.shard_records(k), applied.take(pa.array(needs[k], pa.int64())))
+    _split_moved(out / "moved_sources.parquet", shards, layout, schema)
     dropped = (np.concatenate(revision.dropped_healpix29) if revision.dropped_healpix29
                else np.empty(0, np.int64))
     np.save(out / "dropped_healpix29.npy", dropped)
@@ -393,8 +456,7 @@ def build_shard(batch: Batch, staged: dict[str, list[Path]], layout: Layout, set
     base_catalog = base / names.catalog
     order = int(TableProperties.read_from_dir(base_catalog).skymap_order)
     existing = partitioning.sorted_pixels(PartitionInfo.read_from_dir(base_catalog).get_healpix_pixels())
-    applied = pq.read_table(layout.changes / "applied_records.parquet")
-    effects = updates.reduce(applied)
+    effects = updates.reduce(pq.read_table(layout.shard_records(shard)))
     losers = pq.read_table(layout.changes / "cross_part_losers.parquet").to_pandas()
     reassigned_path = layout.changes / "reassigned_sources.parquet"
     reassigned = pq.read_table(reassigned_path) if reassigned_path.exists() else None
@@ -412,10 +474,8 @@ def build_shard(batch: Batch, staged: dict[str, list[Path]], layout: Layout, set
     flat = updates.apply_to_flat(objects, sources, forced, effects)
     night_sources = flat.sources.filter(pa.array(stage.shard_of(flat.sources["diaObjectId"], shards) == shard))
     parts = [night_sources]
-    moved_path = layout.changes / "moved_sources.parquet"
-    if moved_path.exists():
-        moved = pq.read_table(moved_path)
-        moved = moved.filter(pa.array(stage.shard_of(moved["diaObjectId"], shards) == shard))
+    moved = pq.read_table(layout.shard_moved(shard))
+    if moved.num_rows:
         parts.append(moved.select(night_sources.schema.names).cast(night_sources.schema))
     rows, stats = lightcurves.nest_batch(flat.objects, pa.concat_tables(parts), flat.forced, schema)
     # row groups of about a writer's window / shards rows: a writer reads a window from every shard, so each read
