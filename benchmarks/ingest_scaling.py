@@ -57,7 +57,7 @@ def _requests(stdout: str) -> dict[str, list[int]]:
     return out
 
 
-def run(root: Path, objects: int, chunks: int, cores: int) -> list[dict]:
+def run(root: Path, objects: int, chunks: int, cores: int, pixel_threshold: int = 100) -> list[dict]:
     ppdb = root / "ppdb"
     generate_ppdb(ppdb, DemoSpec(n_objects=2000, nights=(SMALL_NIGHT,), chunks_per_night=4, seed=3))
     generate_ppdb(root / "big", DemoSpec(n_objects=objects, nights=NIGHTS, chunks_per_night=chunks, seed=5))
@@ -66,7 +66,9 @@ def run(root: Path, objects: int, chunks: int, cores: int) -> list[dict]:
     rows = {ds: sum(c.rows(ds) for c in night) for ds in apdb.DATASETS}
     config = yaml.safe_load((REPO / "config" / "config.yaml").read_text())
     config.update(ppdb_dir=str(ppdb), collection_dir=str(root / "coll"), work_dir=str(root / "work"))
-    config["catalog"]["pixel_threshold"] = 100  # the small night: ~20 pixels, which the big nights fill
+    # 100: the small night makes ~20 pixels, which the big nights fill; 2160: one pixel (the whole field), so one
+    # pixel's daily file of night 1 holds that whole night (what the changes job revises in parts)
+    config["catalog"]["pixel_threshold"] = pixel_threshold
     config["sharding"] = {}  # the defaults (config/schema.yaml)
     (root / "config.yaml").write_text(yaml.safe_dump(config))
     cmd = [sys.executable, "-m", "snakemake", "--snakefile", str(REPO / "Snakefile"), "--directory", str(root),
@@ -99,13 +101,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--cores", type=int, default=2)
     parser.add_argument("--out", type=Path, default=REPO / "benchmarks" / "out" / "ingest_scaling")
     parser.add_argument("--keep", action="store_true", help="keep each size's export, collection and logs")
+    parser.add_argument("--pixel-threshold", type=int, default=100,
+                        help="catalog.pixel_threshold of the bootstrap (2160: one pixel for the whole field)")
     args = parser.parse_args(argv)
     lines: list[dict] = []
     for objects in args.objects:
         root = args.out / f"{objects}"
         shutil.rmtree(root, ignore_errors=True)
         root.mkdir(parents=True)
-        lines += run(root, objects, args.chunks_per_night, args.cores)
+        lines += run(root, objects, args.chunks_per_night, args.cores, args.pixel_threshold)
         if not args.keep:
             shutil.rmtree(root, ignore_errors=True)
         print(pd.DataFrame(lines).tail(len(RULES)).to_string(index=False, float_format=lambda v: f"{v:.1f}"),

@@ -72,6 +72,8 @@ def part_manifests(wildcards):
 
 # Memory requests (SLURM mem_mb) per job, from the rows it reads (ppdb_lc.sizing: measured peak RSS per row).
 def stage_mem_mb(wildcards):
+    if wildcards.dataset == UPDATES:  # one job per night: its records, parsed
+        return sizing.STAGE_UPDATES.request_mb(sum(chunk.update_records() for chunk in part_chunks(wildcards)))
     return sizing.STAGE.request_mb(sum(chunk.rows(wildcards.dataset) for chunk in part_chunks(wildcards)))
 
 

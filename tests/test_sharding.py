@@ -106,6 +106,18 @@ def test_memory_requests_grow_with_the_rows_of_a_job() -> None:
     assert sizing.STAGE.request_mb(1_000_000) == 1500  # (180 + 720 + 250) x 1.25 = 1437.5
     assert sizing.INGEST.request_mb(3_600_000) == 3900  # (350 + 2520 + 250) x 1.25 = 3900
     assert sizing.STAGE.request_mb(500_000) < sizing.STAGE.request_mb(1_000_000)
+    # a night's update records: 325,596 records peaked at 550 MB -> (150 + 407 + 250) x 1.25 = 1008.75
+    assert sizing.STAGE_UPDATES.request_mb(0) == 500 and sizing.STAGE_UPDATES.request_mb(325_596) == 1100
+
+
+def test_update_staging_is_sized_by_the_records(demo_export: Path) -> None:
+    """The records of a chunk for its staging job's memory: the manifest's count, or the file size's bound."""
+    chunks = [c for c in discover(demo_export).complete if c.updates is not None]
+    assert chunks
+    for chunk in chunks:
+        records = pq.read_metadata(chunk.updates).num_rows if chunk.updates.suffix == ".parquet" else None
+        assert chunk.update_records() >= max(chunk.update_count or 0, records or 0)
+        assert chunk.update_records() <= max(chunk.update_count or 0, chunk.updates.stat().st_size // 25 + 1)
 
 
 EDGE_CHUNK = int(pd.Timestamp("2026-11-24T10:00:00Z").timestamp())  # dayobs 2026-11-23 (the last night)

@@ -124,7 +124,10 @@ def _expected_jobs(ppdb: Path) -> tuple[collections.Counter, dict[str, set[str]]
         for ds in (*DATASETS, UPDATES):
             for part in batch.stage_parts(ds, ROWS_PER_STAGE_JOB):
                 counts["stage_dataset"] += 1
-                mem["stage_dataset"].add(f"{sizing.STAGE.request_mb(sum(c.rows(ds) for c in part))}M")
+                if ds == UPDATES:  # sized by the night's records (manifest count, or the file size bound)
+                    mem["stage_dataset"].add(f"{sizing.STAGE_UPDATES.request_mb(sum(c.update_records() for c in part))}M")
+                else:
+                    mem["stage_dataset"].add(f"{sizing.STAGE.request_mb(sum(c.rows(ds) for c in part))}M")
     mem["bootstrap_collection"] = {f"{sizing.BOOTSTRAP.request_mb(sum(first.rows(ds) for ds in DATASETS))}M"}
     for batch in later:  # as rules/common.smk: a sharded night's build jobs, and its commit
         rows, shards = sum(batch.rows(ds) for ds in DATASETS), batch.ingest_shards(ROWS_PER_INGEST_JOB)

@@ -57,9 +57,15 @@ class Chunk:
     def rows(self, dataset: str) -> int:
         return self.row_counts.get(dataset, 0)
 
-    @property
-    def has_updates(self) -> bool:
-        return self.updates is not None
+    def update_records(self) -> int:
+        """Update records of the chunk, for sizing its staging job: the manifest's count, or more if the file's size
+        allows more (at 25 bytes a record: older manifests only flag that records exist)."""
+        if self.updates is None:
+            return 0
+        return max(self.update_count or 0, self.updates.stat().st_size // UPDATE_BYTES_PER_RECORD + 1)
+
+
+UPDATE_BYTES_PER_RECORD = 25  #: a lower bound of an update record's size in a file (parquet, zstd)
 
 
 @dataclass(frozen=True)

@@ -36,6 +36,9 @@ class MemoryModel:
 #: of nights of 1.1, 4.3 and 17 M rows (benchmarks/results/2026-12-04_stage-scaling_0.25-1-4M-sources.txt): DiaSource
 #: 150 MB + 710 MB, DiaObject 172 + 620, DiaForcedSource 161 + 333 per million rows.
 STAGE = MemoryModel(base_mb=180, per_million_mb=720)
+#: Staging a night's update records (one job: the records parsed and checked), per million records: 146 MB with none,
+#: 550 MB with 325,596 (benchmarks/ingest_scaling.py, 217,000 objects).
+STAGE_UPDATES = MemoryModel(base_mb=150, per_million_mb=1250)
 #: Ingesting one night (build + commit in one job, the whole night): 1029 MB at 1.07 M rows, 3084 MB at 4.28 M
 #: (same benchmark): ~350 MB + 640 MB per million input rows of the three tables.
 INGEST = MemoryModel(base_mb=350, per_million_mb=700)
