@@ -370,7 +370,7 @@ def build_changes(batch: Batch, staged: dict[str, list[Path]], layout: Layout, s
     kept_forced = pd.DataFrame(sorted(revision.kept_forced), columns=list(apdb.ROW_KEY["DiaForcedSource"]),
                                dtype=np.int64)
     pq.write_table(pa.Table.from_pandas(kept_forced, preserve_index=False), out / "kept_forced.parquet")
-    applied_effects = updates.reduce(applied)
+    applied_effects = effects if applied is all_records else updates.reduce(applied)  # ~0.7 KB per record
     reassigned = _reassigned_rows(staged["DiaSource"], batch.night, applied_effects)
     if reassigned is not None:
         pq.write_table(reassigned, out / "reassigned_sources.parquet")
