@@ -64,6 +64,10 @@ class Chunk:
             return 0
         return max(self.update_count or 0, self.updates.stat().st_size // UPDATE_BYTES_PER_RECORD + 1)
 
+    @property
+    def has_updates(self) -> bool:
+        return self.updates is not None
+
 
 UPDATE_BYTES_PER_RECORD = 25  #: a lower bound of an update record's size in a file (parquet, zstd)
 
