@@ -31,7 +31,7 @@ import json
 import logging
 import shutil
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -241,6 +241,13 @@ class RowReader:
         values = self.handle.read_row_groups(groups, columns=[name])[name].to_numpy()
         rows = np.concatenate([np.arange(self.starts[g], self.starts[g + 1]) for g in groups])
         return values, rows
+
+    def by_group(self, wanted: np.ndarray) -> Iterator[tuple[int, pa.Table]]:
+        """The rows at positions ``wanted`` (ascending), one row group at a time: ``(group, rows)``."""
+        group_of = np.searchsorted(self.starts, wanted, side="right") - 1
+        for group in np.unique(group_of):
+            table = self.handle.read_row_group(int(group))
+            yield int(group), table.take(pa.array(wanted[group_of == group] - self.starts[group]))
 
     def read(self, wanted: np.ndarray) -> pa.Table:
         """The rows at positions ``wanted`` (ascending)."""
@@ -478,10 +485,12 @@ def build_shard(batch: Batch, staged: dict[str, list[Path]], layout: Layout, set
     if moved.num_rows:
         parts.append(moved.select(night_sources.schema.names).cast(night_sources.schema))
     rows, stats = lightcurves.nest_batch(flat.objects, pa.concat_tables(parts), flat.forced, schema)
-    # row groups of about a writer's window / shards rows: a writer reads a window from every shard, so each read
-    # takes about what it needs (see build_writer)
+    # row groups of a writer's share of the shard (rows / shards: each writer reads ~2, one at a time), at most a
+    # window: a file's footer then holds max(shards, ~10) row groups, whatever the night's size (a parsed footer
+    # takes ~0.2 MB per row group of the 218 columns)
     points_per_row = max(1.0, (stats.sources + stats.forced_sources) / max(1, rows.num_rows))
-    row_group = max(MIN_ROW_GROUP, int(window_points(settings) / points_per_row / shards))
+    window_rows = max(100, int(window_points(settings) / points_per_row))
+    row_group = max(MIN_ROW_GROUP, min(window_rows, -(-rows.num_rows // shards)))
     pq.write_table(rows, out / ROWS_FILE, row_group_size=row_group, compression="zstd")
     hp29 = rows[SPATIAL_INDEX_COLUMN].to_numpy()
     cells = spatial_index_to_healpix(hp29, target_order=order)
@@ -617,35 +626,53 @@ def build_writer(batch: Batch, layout: Layout, settings: Settings, writer: int, 
 
     # the rows of my pixels and the rows that may lie in their margins, from every shard, in (position, id) order,
     # a window of positions at a time: a pixel's file is appended to window by window, so memory does not depend on
-    # how many of the night's rows one pixel holds
+    # how many of the night's rows one pixel holds. One shard file is open at a time (a parsed footer is large):
+    # 1. the positions of my rows in every shard (row groups whose statistics meet my ranges only);
     wanted: list[np.ndarray] = []
     positions: list[np.ndarray] = []
-    readers = [RowReader(layout.shard(k) / ROWS_FILE) for k in range(shards)]
     ranges = _merged_ranges(np.concatenate([
         np.array([[_pixel_start(pixels[int(mine[0])]), _pixel_end(pixels[int(mine[-1])])]] if len(mine) else [],
                  dtype=np.int64).reshape(-1, 2),
         np.stack([border << shift, (border + 1) << shift], axis=1)]))
-    for k in range(shards):  # the position column of the row groups that may hold my rows only
-        hp29, at = readers[k].column_in(SPATIAL_INDEX_COLUMN, ranges)
+    for k in range(shards):
+        hp29, at = RowReader(layout.shard(k) / ROWS_FILE).column_in(SPATIAL_INDEX_COLUMN, ranges)
         hit = np.isin(partitioning.locate(hp29, pixels), mine) | np.isin(hp29 >> shift, border)
         wanted.append(at[hit])
         positions.append(hp29[hit])
+    # 2. windows of positions; each shard's rows sorted into one spill file per window, a row group at a time;
+    windows = _windows(np.concatenate(positions), window_rows)
+    lows = np.array([low for low, _ in windows], dtype=np.int64)
+    spill = out / "windows"
+    spill.mkdir()
+    spill_writers: dict[int, pq.ParquetWriter] = {}
+    try:
+        for k in range(shards):
+            if not len(wanted[k]):
+                continue
+            reader = RowReader(layout.shard(k) / ROWS_FILE)
+            for group, rows in reader.by_group(wanted[k]):
+                window = np.searchsorted(lows, rows[SPATIAL_INDEX_COLUMN].to_numpy(), side="right") - 1
+                for w in np.unique(window):
+                    if int(w) not in spill_writers:
+                        spill_writers[int(w)] = pq.ParquetWriter(spill / f"{int(w):06d}.parquet", rows.schema)
+                    spill_writers[int(w)].write_table(rows.filter(pa.array(window == w)))
+    finally:
+        for writer_of_window in spill_writers.values():
+            writer_of_window.close()
     file_name = f"{batch.name}.parquet"
     margin_schema = pq.read_schema(Path(paths.get_common_metadata_pointer(base / names.margin).path))
     counts: dict[HealpixPixel, int] = {}
     margin_parts: list[tuple[pa.Table, np.ndarray]] = []
     index_parts: list[tuple[np.ndarray, np.ndarray, np.ndarray]] = []
     rows_read = 0
+    # 3. a window at a time: its rows sorted, appended to my pixels' files, margin and index rows
     with catalog.PixelFileWriter(out / "catalog", file_name, schema) as files:
-        for low, high in _windows(np.concatenate(positions), window_rows):
-            parts = []
-            for k in range(shards):
-                lo, hi = np.searchsorted(positions[k], [low, high])
-                if hi > lo:
-                    parts.append(readers[k].read(wanted[k][lo:hi]))
-            if not parts:
+        for w in range(len(windows)):
+            path = spill / f"{w:06d}.parquet"
+            if not path.exists():
                 continue
-            rows = pa.concat_tables(parts)
+            rows = pq.read_table(path)
+            path.unlink()
             rows = rows.take(pc.sort_indices(rows, sort_keys=[(SPATIAL_INDEX_COLUMN, "ascending"),
                                                               (lightcurves.OBJECT_ID, "ascending")]))
             rows_read += rows.num_rows
@@ -664,6 +691,7 @@ def build_writer(batch: Batch, layout: Layout, settings: Settings, writer: int, 
             if keep.any():
                 margin_parts.append((rows.take(pa.array(m_rows[keep])).select(margin_schema.names)
                                      .cast(margin_schema.remove_metadata()), m_slots[keep]))
+    shutil.rmtree(spill)
     margin_rows = (pa.concat_tables([t for t, _ in margin_parts]) if margin_parts
                    else margin_schema.remove_metadata().empty_table())
     margin_slots = np.concatenate([m for _, m in margin_parts]) if margin_parts else np.empty(0, np.int64)
