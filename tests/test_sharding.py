@@ -227,3 +227,27 @@ def test_row_groups_read_by_position_ranges(tmp_path: Path) -> None:
     assert rows.tolist() == [*range(10, 20), *range(40, 50), *range(90, 100)]  # groups 1, 4 and 9 only
     assert values.tolist() == (rows * 10).tolist()
     assert reader.column_in("_healpix_29", np.empty((0, 2), np.int64))[0].size == 0
+
+
+def test_cross_part_copies_found_per_hash_bucket(demo_export: Path, tmp_path: Path) -> None:
+    """DiaSource copies re-emitted in another staging part: found bucket by bucket (ids split by hash) exactly as
+    with all the night's ids at once, and they are the copies that reading the parts together drops."""
+    from ppdb_lc import shards
+
+    batch = _batch(demo_export)
+    parts = batch.stage_parts("DiaSource", 250)
+    dirs = [tmp_path / "parts" / f"part{i:03d}" for i in range(len(parts))]
+    for chunks, directory in zip(parts, dirs, strict=True):
+        stage.stage_dataset(chunks, "DiaSource", directory)
+    found = 0
+    for night in NIGHTS:
+        whole = shards._cross_part_losers(dirs, night, tmp_path / "one", 10**9)
+        for bucket_ids in (1, 7, 100):
+            got = shards._cross_part_losers(dirs, night, tmp_path / f"b{bucket_ids}", bucket_ids)
+            assert got.equals(whole), (night, bucket_ids)
+            assert not (tmp_path / f"b{bucket_ids}").exists()  # scratch removed
+        each = sum(stage.read_part(stage.staged_file(d, night)).num_rows for d in dirs
+                   if stage.staged_file(d, night).exists())
+        assert each - len(whole) == stage.read_staged(dirs, night, "DiaSource").num_rows, night
+        found += len(whole)
+    assert found > 0
