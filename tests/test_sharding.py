@@ -7,6 +7,7 @@ fall into different parts are resolved again when the parts are read (``stage.re
 from __future__ import annotations
 
 import collections
+import dataclasses
 import json
 import shutil
 from pathlib import Path
@@ -110,14 +111,20 @@ def test_memory_requests_grow_with_the_rows_of_a_job() -> None:
     assert sizing.STAGE_UPDATES.request_mb(0) == 500 and sizing.STAGE_UPDATES.request_mb(325_596) == 1100
 
 
-def test_update_staging_is_sized_by_the_records(demo_export: Path) -> None:
-    """The records of a chunk for its staging job's memory: the manifest's count, or the file size's bound."""
+def test_update_staging_is_sized_by_the_records(demo_export: Path, tmp_path: Path) -> None:
+    """The records of a chunk for its staging job's memory: a parquet file's row count; for JSON, the manifest's
+    count or the file size's bound (an old manifest only flags that records exist)."""
     chunks = [c for c in discover(demo_export).complete if c.updates is not None]
-    assert chunks
+    assert chunks and any(c.updates.suffix == ".parquet" for c in chunks)
     for chunk in chunks:
-        records = pq.read_metadata(chunk.updates).num_rows if chunk.updates.suffix == ".parquet" else None
-        assert chunk.update_records() >= max(chunk.update_count or 0, records or 0)
-        assert chunk.update_records() <= max(chunk.update_count or 0, chunk.updates.stat().st_size // 25 + 1)
+        if chunk.updates.suffix == ".parquet":
+            assert chunk.update_records() == pq.read_metadata(chunk.updates).num_rows > 0
+        else:
+            assert chunk.update_records() >= (chunk.update_count or 0)
+    json_file = tmp_path / "updates.json"
+    json_file.write_text("[" + ",".join(['{"update_type": "withdraw_diasource", "diaSourceId": 1}'] * 40) + "]")
+    flagged = dataclasses.replace(chunks[0], updates=json_file, update_count=1)  # old manifest: a flag, no count
+    assert flagged.update_records() == json_file.stat().st_size // 100 + 1 > 1
 
 
 EDGE_CHUNK = int(pd.Timestamp("2026-11-24T10:00:00Z").timestamp())  # dayobs 2026-11-23 (the last night)

@@ -58,18 +58,24 @@ class Chunk:
         return self.row_counts.get(dataset, 0)
 
     def update_records(self) -> int:
-        """Update records of the chunk, for sizing its staging job: the manifest's count, or more if the file's size
-        allows more (at 25 bytes a record: older manifests only flag that records exist)."""
+        """Update records of the chunk, for sizing its staging job: a parquet file's row count (its footer), else
+        the manifest's count or, if more, a bound from the file's size (older manifests only flag that a JSON file
+        exists)."""
         if self.updates is None:
             return 0
-        return max(self.update_count or 0, self.updates.stat().st_size // UPDATE_BYTES_PER_RECORD + 1)
+        if self.updates.suffix == ".parquet":
+            try:
+                return pq.read_metadata(self.updates).num_rows
+            except (OSError, pa.ArrowException):
+                pass  # an unreadable file is reported by its staging job
+        return max(self.update_count or 0, self.updates.stat().st_size // JSON_BYTES_PER_RECORD + 1)
 
     @property
     def has_updates(self) -> bool:
         return self.updates is not None
 
 
-UPDATE_BYTES_PER_RECORD = 25  #: a lower bound of an update record's size in a file (parquet, zstd)
+JSON_BYTES_PER_RECORD = 100  #: a lower bound of an update record's size in a JSON file (a payload is ~250 bytes)
 
 
 @dataclass(frozen=True)

@@ -25,7 +25,7 @@ from __future__ import annotations
 import logging
 import shutil
 from collections import defaultdict
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -126,11 +126,10 @@ def _pairs_in(frame_keys: list[np.ndarray], wanted: pd.DataFrame, columns: list[
 
 @dataclass
 class _MarginChange:
-    """What a rewritten ``P/<name>`` changes in its neighbours' ``Q/<name>``: P's rows out of every Q whose
-    border its old rows reached, its new border rows in (a margin's share of the rows, not the file)."""
+    """What rewritten files ``P/<name>`` change in a neighbour's ``Q/<name>``: per P (its depth-29 range), P's rows
+    out, its new border rows in (spilled to scratch files, one per part of P, in order)."""
 
-    ranges: list[np.ndarray] = field(default_factory=list)
-    rows: list[Path] = field(default_factory=list)  # spilled to scratch files: one table per part of P
+    pixels: dict[tuple[int, int], list[Path]] = field(default_factory=dict)
 
 
 _NOT_RE_EMITTED = -1  #: ``night_chunk`` of a wanted point that is a record's target only
@@ -266,19 +265,19 @@ def revise(base_catalog: Path, pixels: Sequence[HealpixPixel], lookups: Lookups,
                 hp_new = new[SPATIAL_INDEX_COLUMN].to_numpy()
                 rows, reached = margins.margin_targets(hp_new, np.full(len(hp_new), slot), pixels, margin_order)
                 for q in np.unique(reached):
-                    change = changes[path.name][int(q)]
-                    spill = scratch / f"{path.stem}-{int(q)}-{len(change.rows)}.parquet"
+                    spills = changes[path.name][int(q)].pixels.setdefault(_ranges(pixel), [])
+                    spill = scratch / f"{path.stem}-{int(q)}-{slot}-{len(spills)}.parquet"
                     spill.parent.mkdir(parents=True, exist_ok=True)
                     pq.write_table(new.take(pa.array(rows[reached == q])), spill)
-                    change.rows.append(spill)
+                    spills.append(spill)
             if writer.pixel is None:  # a file without rows
                 writer.append(pixel, schema.empty_table())
         for q in sorted(reached_old):
-            changes[path.name][int(q)].ranges.append(_ranges(pixel))
+            changes[path.name][int(q)].pixels.setdefault(_ranges(pixel), [])
         result.files_rewritten.append(str(relative))
     if moved_writer is not None:
         moved_writer.close()
-    _revise_margins(changes, pixels, margin_dir, out_margin, margin_schema, result)
+    _revise_margins(changes, pixels, margin_dir, out_margin, margin_schema, result, points_per_part)
     shutil.rmtree(scratch, ignore_errors=True)
     return result
 
@@ -350,32 +349,88 @@ def moved_schema(schema: pa.Schema) -> pa.Schema:
                                                                      for f in inner]])
 
 
-def _ranges(pixel: HealpixPixel) -> np.ndarray:
-    return np.asarray(PixelTree.from_healpix([pixel]).to_depth29_ranges(), dtype=np.int64)[0]
+def _ranges(pixel: HealpixPixel) -> tuple[int, int]:
+    low, high = np.asarray(PixelTree.from_healpix([pixel]).to_depth29_ranges(), dtype=np.int64)[0]
+    return int(low), int(high)
 
 
 def _revise_margins(changes: dict[str, dict[int, _MarginChange]], pixels: Sequence[HealpixPixel], margin_dir: Path,
-                    out_margin: Path, margin_schema: pa.Schema, result: Revision) -> None:
-    """Rewrite ``Q/<name>`` for every neighbour Q of a rewritten ``P/<name>`` (see module doc)."""
+                    out_margin: Path, margin_schema: pa.Schema, result: Revision, points_per_part: int) -> None:
+    """Rewrite ``Q/<name>`` for every neighbour Q of a rewritten ``P/<name>`` (see module doc).
+
+    A margin file is sorted by ``_healpix_29`` and each P's rows lie in P's range, so the new file is a merge: the
+    current file read a part at a time, without the rewritten Ps' rows, and each P's new border rows (already in
+    order) written where P's range starts. A current file out of order (none written by this package) is rewritten
+    in memory and sorted instead."""
     for name, by_pixel in changes.items():
         for q, change in sorted(by_pixel.items()):
             path = catalog.pixel_file(margin_dir, pixels[q], name)
-            parts = []
-            old_rows = 0
-            if path.exists():
-                current = pq.read_table(path, schema=margin_schema)
-                old_rows = current.num_rows
-                hp = current[SPATIAL_INDEX_COLUMN].to_numpy()
-                outside = np.ones(len(hp), dtype=bool)
-                for lo, hi in change.ranges:
-                    outside &= (hp < lo) | (hp >= hi)
-                parts.append(current.filter(pa.array(outside)))
-            parts += [pq.read_table(t).select(margin_schema.names).cast(margin_schema) for t in change.rows]
-            table = pa.concat_tables(parts) if parts else margin_schema.empty_table()
-            table = table.sort_by(SPATIAL_INDEX_COLUMN)
-            relative = path.relative_to(margin_dir)
-            target = out_margin / relative
-            target.parent.mkdir(parents=True, exist_ok=True)
-            catalog.write_leaf(table, target)
-            result.margin_files_rewritten.append(str(relative))
-            result.margin_rows_delta += table.num_rows - old_rows
+            rewritten = sorted(change.pixels.items())
+            with catalog.PixelFileWriter(out_margin, name, margin_schema) as out:
+                if path.exists() and not _sorted_positions(path):
+                    log.warning("%s is not sorted by %s: rewritten in memory", path, SPATIAL_INDEX_COLUMN)
+                    old_rows, new_rows = _margin_in_memory(path, rewritten, margin_schema, out, pixels[q])
+                else:
+                    old_rows, new_rows = _margin_merged(path if path.exists() else None, rewritten, margin_schema,
+                                                        out, pixels[q], points_per_part)
+                if out.pixel is None:
+                    out.append(pixels[q], margin_schema.empty_table())
+            result.margin_files_rewritten.append(str(path.relative_to(margin_dir)))
+            result.margin_rows_delta += new_rows - old_rows
+
+
+def _sorted_positions(path: Path) -> bool:
+    hp = pq.read_table(path, columns=[SPATIAL_INDEX_COLUMN])[SPATIAL_INDEX_COLUMN].to_numpy()
+    return bool(np.all(hp[1:] >= hp[:-1]))
+
+
+def _border_rows(spills: list[Path], schema: pa.Schema) -> Iterator[pa.Table]:
+    for spill in spills:
+        yield pq.read_table(spill).select(schema.names).cast(schema)
+
+
+def _margin_merged(path: Path | None, rewritten: list[tuple[tuple[int, int], list[Path]]], schema: pa.Schema,
+                   out: catalog.PixelFileWriter, pixel: HealpixPixel, points_per_part: int) -> tuple[int, int]:
+    """Merge (see :func:`_revise_margins`); returns the rows of the current and of the new file."""
+    starts = np.array([low for (low, _), _ in rewritten], dtype=np.int64)
+    ends = np.array([high for (_, high), _ in rewritten], dtype=np.int64)
+    old_rows = new_rows = 0
+    pending = 0  # rewritten Ps whose new rows are not written yet (their ranges start after the rows written)
+
+    def write(table: pa.Table) -> None:
+        nonlocal new_rows
+        if table.num_rows:
+            out.append(pixel, table)
+            new_rows += table.num_rows
+
+    for part in catalog.read_parts(path, points_per_part, schema=schema) if path is not None else ():
+        old_rows += part.num_rows
+        hp = part[SPATIAL_INDEX_COLUMN].to_numpy()
+        at = np.searchsorted(starts, hp, side="right") - 1
+        outside = (at < 0) | (hp >= ends[np.maximum(at, 0)]) if len(starts) else np.ones(len(hp), dtype=bool)
+        kept, hp = part.filter(pa.array(outside)), hp[outside]
+        while pending < len(rewritten) and len(hp) and starts[pending] <= hp[-1]:
+            cut = int(np.searchsorted(hp, starts[pending]))
+            write(kept.slice(0, cut))
+            kept, hp = kept.slice(cut), hp[cut:]
+            for rows in _border_rows(rewritten[pending][1], schema):
+                write(rows)
+            pending += 1
+        write(kept)
+    for _, spills in rewritten[pending:]:
+        for rows in _border_rows(spills, schema):
+            write(rows)
+    return old_rows, new_rows
+
+
+def _margin_in_memory(path: Path, rewritten: list[tuple[tuple[int, int], list[Path]]], schema: pa.Schema,
+                      out: catalog.PixelFileWriter, pixel: HealpixPixel) -> tuple[int, int]:
+    current = pq.read_table(path, schema=schema)
+    hp = current[SPATIAL_INDEX_COLUMN].to_numpy()
+    outside = np.ones(len(hp), dtype=bool)
+    for (low, high), _ in rewritten:
+        outside &= (hp < low) | (hp >= high)
+    parts = [current.filter(pa.array(outside)), *(t for _, spills in rewritten for t in _border_rows(spills, schema))]
+    table = pa.concat_tables(parts).sort_by(SPATIAL_INDEX_COLUMN)
+    out.append(pixel, table)
+    return current.num_rows, table.num_rows
