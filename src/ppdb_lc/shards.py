@@ -702,7 +702,7 @@ def build_writer(batch: Batch, layout: Layout, settings: Settings, writer: int, 
         if pixels.index(pixel) not in set(mine.tolist()):
             continue
         for name, table in _border_rows_from(base_catalog, layout.changes / "rewrite" / "catalog", pixel, existing,
-                                             morder, schema).items():
+                                             morder, schema, window_points(settings)).items():
             backfill.setdefault(name, []).append((table, np.full(table.num_rows, pixels.index(pixel))))
     for name, parts in backfill.items():
         table = pa.concat_tables([t for t, _ in parts]).select(margin_schema.names).cast(margin_schema.remove_metadata())
@@ -734,20 +734,21 @@ def build_writer(batch: Batch, layout: Layout, settings: Settings, writer: int, 
 
 
 def _border_rows_from(base_catalog: Path, rewritten_catalog: Path, pixel: HealpixPixel,
-                      existing: Sequence[HealpixPixel], order: int, schema: pa.Schema) -> dict[str, pa.Table]:
+                      existing: Sequence[HealpixPixel], order: int, schema: pa.Schema, points: int
+                      ) -> dict[str, pa.Table]:
     """Rows of existing pixels that lie in the margin of a newly created ``pixel``, per file name (a margin file
     ``Q/<name>`` holds border rows of the catalog files ``P/<name>``); files rewritten tonight are read from
-    ``rewritten_catalog``."""
+    ``rewritten_catalog``. Files are read in parts of ``points`` points (they may hold a pixel's years)."""
     cells = margins.border_cells(pixel, order)
     owners = partitioning.locate(cells << (2 * (29 - order)), existing)
     parts: dict[str, list[pa.Table]] = {}
     for slot in np.unique(owners[owners >= 0]):
         for _, path in catalog.pixel_files(base_catalog, [existing[int(slot)]]):
             fresh = rewritten_catalog / path.relative_to(base_catalog)
-            table = pq.read_table(fresh if fresh.exists() else path, schema=schema)
-            mask = margins.rows_in_border(table[SPATIAL_INDEX_COLUMN].to_numpy(), pixel, order)
-            if mask.any():
-                parts.setdefault(path.name, []).append(table.filter(pa.array(mask)))
+            for table in catalog.read_parts(fresh if fresh.exists() else path, points, schema=schema):
+                mask = margins.rows_in_border(table[SPATIAL_INDEX_COLUMN].to_numpy(), pixel, order)
+                if mask.any():
+                    parts.setdefault(path.name, []).append(table.filter(pa.array(mask)))
     return {name: pa.concat_tables(tables) for name, tables in parts.items()}
 
 
