@@ -240,7 +240,7 @@ def revise(base_catalog: Path, pixels: Sequence[HealpixPixel], lookups: Lookups,
     # one file at a time, a part at a time
     changes: dict[str, dict[int, _MarginChange]] = defaultdict(lambda: defaultdict(_MarginChange))
     scratch = out_margin.parent / "border_rows"
-    moved_writer: pq.ParquetWriter | None = None
+    moved_writer: pa.ipc.RecordBatchFileWriter | None = None
     for path, (pixel, remove) in plans.items():
         relative = path.relative_to(base_catalog)
         slot = pixels.index(pixel)
@@ -251,7 +251,7 @@ def revise(base_catalog: Path, pixels: Sequence[HealpixPixel], lookups: Lookups,
                 if moved.num_rows:
                     if moved_writer is None:
                         out_moved.parent.mkdir(parents=True, exist_ok=True)
-                        moved_writer = pq.ParquetWriter(out_moved, moved.schema)
+                        moved_writer = pa.ipc.new_file(str(out_moved), moved.schema)  # Arrow IPC: a scratch file
                     moved_writer.write_table(moved)
                     to_ss = int(moved[lightcurves.OBJECT_ID].null_count)
                     result.moved_to_ssobjects += to_ss

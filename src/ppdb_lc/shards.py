@@ -145,7 +145,7 @@ class Layout:
 
     def shard_moved(self, k: int) -> Path:
         """The points moved out of committed rows to objects of shard ``k`` (flat DiaSource rows)."""
-        return self.changes / "moved" / f"{k:04d}.parquet"
+        return self.changes / "moved" / f"{k:04d}.arrow"
 
     def writer(self, j: int) -> Path:
         return self.build / "writers" / f"{j:04d}"
@@ -308,16 +308,23 @@ def _records_per_shard(records: pa.Table, effects: updates.Effects, reassigned: 
     return [found.get(k, np.empty(0, np.int64)) for k in range(shards)]
 
 
+def _read_spill(path: Path) -> pa.Table:
+    """A scratch file between jobs or passes of one job, in Arrow's IPC file format: written in many small pieces,
+    which parquet would describe in a footer of ~0.2 MB per piece that its writer holds until closed."""
+    with pa.ipc.open_file(str(path)) as reader:
+        return reader.read_all()
+
+
 def _split_moved(path: Path, shards: int, layout: Layout, schema: pa.Schema) -> None:
-    """Write the moved points of ``path`` (if any) into one file per shard of their new object, a row group at a
-    time; every shard gets a file."""
-    source = pq.ParquetFile(path) if path.exists() else None
-    schema = source.schema_arrow if source is not None else revise.moved_schema(schema)
+    """Write the moved points of ``path`` (if any) into one file per shard of their new object, a batch at a time;
+    every shard gets a file."""
+    source = pa.ipc.open_file(str(path)) if path.exists() else None
+    schema = source.schema if source is not None else revise.moved_schema(schema)
     layout.shard_moved(0).parent.mkdir(parents=True, exist_ok=True)
-    writers = [pq.ParquetWriter(layout.shard_moved(k), schema) for k in range(shards)]
+    writers = [pa.ipc.new_file(str(layout.shard_moved(k)), schema) for k in range(shards)]
     try:
-        for g in range(source.num_row_groups if source is not None else 0):
-            table = source.read_row_group(g)
+        for b in range(source.num_record_batches if source is not None else 0):
+            table = pa.Table.from_batches([source.get_batch(b)])
             shard = stage.shard_of(table[lightcurves.OBJECT_ID], shards)
             for k in np.unique(shard):
                 writers[int(k)].write_table(table.filter(pa.array(shard == k)))
@@ -358,7 +365,7 @@ def build_changes(batch: Batch, staged: dict[str, list[Path]], layout: Layout, s
         revision = revise.revise(
             base_catalog, existing, lookups, margin_dir=base / names.margin, margin_order=morder,
             out_catalog=out / "rewrite" / "catalog", out_margin=out / "rewrite" / "margin",
-            out_moved=out / "moved_sources.parquet", schema=schema,
+            out_moved=out / "moved_sources.arrow", schema=schema,
             margin_schema=pq.read_schema(Path(paths.get_common_metadata_pointer(base / names.margin).path)),
             points_per_part=window_points(settings),
         )
@@ -385,7 +392,7 @@ def build_changes(batch: Batch, staged: dict[str, list[Path]], layout: Layout, s
     needs = _records_per_shard(applied, applied_effects, reassigned, shards)
     for k in range(shards):
         write_records(layout.shard_records(k), applied.take(pa.array(needs[k], pa.int64())))
-    _split_moved(out / "moved_sources.parquet", shards, layout, schema)
+    _split_moved(out / "moved_sources.arrow", shards, layout, schema)
     dropped = (np.concatenate(revision.dropped_healpix29) if revision.dropped_healpix29
                else np.empty(0, np.int64))
     np.save(out / "dropped_healpix29.npy", dropped)
@@ -481,7 +488,7 @@ def build_shard(batch: Batch, staged: dict[str, list[Path]], layout: Layout, set
     flat = updates.apply_to_flat(objects, sources, forced, effects)
     night_sources = flat.sources.filter(pa.array(stage.shard_of(flat.sources["diaObjectId"], shards) == shard))
     parts = [night_sources]
-    moved = pq.read_table(layout.shard_moved(shard))
+    moved = _read_spill(layout.shard_moved(shard))
     if moved.num_rows:
         parts.append(moved.select(night_sources.schema.names).cast(night_sources.schema))
     rows, stats = lightcurves.nest_batch(flat.objects, pa.concat_tables(parts), flat.forced, schema)
@@ -644,7 +651,7 @@ def build_writer(batch: Batch, layout: Layout, settings: Settings, writer: int, 
     lows = np.array([low for low, _ in windows], dtype=np.int64)
     spill = out / "windows"
     spill.mkdir()
-    spill_writers: dict[int, pq.ParquetWriter] = {}
+    spill_writers: dict[int, pa.ipc.RecordBatchFileWriter] = {}
     try:
         for k in range(shards):
             if not len(wanted[k]):
@@ -654,7 +661,7 @@ def build_writer(batch: Batch, layout: Layout, settings: Settings, writer: int, 
                 window = np.searchsorted(lows, rows[SPATIAL_INDEX_COLUMN].to_numpy(), side="right") - 1
                 for w in np.unique(window):
                     if int(w) not in spill_writers:
-                        spill_writers[int(w)] = pq.ParquetWriter(spill / f"{int(w):06d}.parquet", rows.schema)
+                        spill_writers[int(w)] = pa.ipc.new_file(str(spill / f"{int(w):06d}.arrow"), rows.schema)
                     spill_writers[int(w)].write_table(rows.filter(pa.array(window == w)))
     finally:
         for writer_of_window in spill_writers.values():
@@ -668,10 +675,10 @@ def build_writer(batch: Batch, layout: Layout, settings: Settings, writer: int, 
     # 3. a window at a time: its rows sorted, appended to my pixels' files, margin and index rows
     with catalog.PixelFileWriter(out / "catalog", file_name, schema) as files:
         for w in range(len(windows)):
-            path = spill / f"{w:06d}.parquet"
+            path = spill / f"{w:06d}.arrow"
             if not path.exists():
                 continue
-            rows = pq.read_table(path)
+            rows = _read_spill(path)
             path.unlink()
             rows = rows.take(pc.sort_indices(rows, sort_keys=[(SPATIAL_INDEX_COLUMN, "ascending"),
                                                               (lightcurves.OBJECT_ID, "ascending")]))
