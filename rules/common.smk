@@ -89,7 +89,8 @@ def ingest_mem_mb(wildcards):
 
 
 def changes_mem_mb(wildcards):
-    return sizing.CHANGES.request_mb(night_rows(wildcards.batch))
+    """The changes job: the night's update records (their count, sizing.CHANGES)."""
+    return sizing.CHANGES.request_mb(sum(chunk.update_records() for chunk in batch_of(wildcards.batch).chunks))
 
 
 def shard_mem_mb(wildcards):

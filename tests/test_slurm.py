@@ -136,7 +136,7 @@ def _expected_jobs(ppdb: Path) -> tuple[collections.Counter, dict[str, set[str]]
             continue
         counts.update(ingest_changes=1, ingest_shard=shards, ingest_write=shards)
         mem["ingest_batch"].add(f"{sizing.COMMIT.request_mb(rows)}M")
-        mem["ingest_changes"].add(f"{sizing.CHANGES.request_mb(rows)}M")
+        mem["ingest_changes"].add(f"{sizing.CHANGES.request_mb(sum(c.update_records() for c in batch.chunks))}M")
         for rule in ("ingest_shard", "ingest_write"):
             mem[rule].add(f"{sizing.SHARD.request_mb(rows / shards)}M")
     return counts, mem

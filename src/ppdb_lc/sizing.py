@@ -50,9 +50,11 @@ BOOTSTRAP = MemoryModel(base_mb=350, per_million_mb=1080)
 #: 518 / 661 / 906 MB at 0.36 / 0.48 / 0.49 M rows (the last also holds the night's update effects and reassigned
 #: rows), writers 477 / 628 / 709 MB.
 SHARD = MemoryModel(base_mb=450, per_million_mb=700)
-#: The changes job, per million rows of the night: 455 / 708 / 1574 MB (it rewrites whole committed files that hold
-#: a target: their size, not the night's, is what it holds; see docs/scaling.md).
-CHANGES = MemoryModel(base_mb=400, per_million_mb=70)
+#: The changes job, per million update records of the night (it streams committed files a window of points at a
+#: time, so what grows is the records, their net effect and the targets' keys): 460 / 548 / ~870 MB with ~20 k /
+#: 80.5 k / 325.6 k records (nights of 1.07 / 4.28 / 17.1 M rows; it was 455 / 708 / 1574 MB when it read whole
+#: files). Records still pending from earlier nights add to the count (not known at plan time; usually few).
+CHANGES = MemoryModel(base_mb=430, per_million_mb=1350)
 #: The commit of a sharded night, per million rows of the night: 319 / 356 / 517 MB (summaries, skymap histogram).
 COMMIT = MemoryModel(base_mb=320, per_million_mb=12)
 #: One shard of the incremental weekly (``compact_pixels``): a compaction of its files, like bootstrap's fold, so the
