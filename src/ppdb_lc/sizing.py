@@ -47,14 +47,15 @@ INGEST = MemoryModel(base_mb=350, per_million_mb=700)
 BOOTSTRAP = MemoryModel(base_mb=350, per_million_mb=1080)
 #: Sharded ingest, fitted on benchmarks/results/2026-12-04_ingest-scaling_0.25-1-4M-sources.txt (nights of 1.07,
 #: 4.28 and 17.1 M rows, default sharding). Shards and writers, per million rows of their share of the night: shards
-#: 518 / 661 / 906 MB at 0.36 / 0.48 / 0.49 M rows (the last also holds the night's update effects and reassigned
-#: rows), writers 477 / 628 / 709 MB.
+#: 518 / 661 / 906 MB at 0.36 / 0.48 / 0.49 M rows, writers 477 / 628 / 709 MB; since they stream (third session,
+#: 2026-12-04_ingest-scaling-streaming_0.25-1-4M-sources.txt): shards 533 / 692 / 744, writers 436 / 497 / 687 MB.
 SHARD = MemoryModel(base_mb=450, per_million_mb=700)
 #: The changes job, per million update records of the night (it streams committed files a window of points at a
-#: time, so what grows is the records, their net effect and the targets' keys): 460 / 548 / ~870 MB with ~20 k /
-#: 80.5 k / 325.6 k records (nights of 1.07 / 4.28 / 17.1 M rows; it was 455 / 708 / 1574 MB when it read whole
-#: files). Records still pending from earlier nights add to the count (not known at plan time; usually few).
-CHANGES = MemoryModel(base_mb=430, per_million_mb=1350)
+#: time, so what grows is the records, their net effect and the targets' keys): 449 / 530 / 758 MB with ~20 k /
+#: 80.5 k / 325.6 k records (nights of 1.07 / 4.28 / 17.1 M rows, benchmarks/results/
+#: 2026-12-04_ingest-scaling-streaming_0.25-1-4M-sources.txt; it was 455 / 708 / 1574 MB when it read whole files).
+#: Records still pending from earlier nights add to the count (not known at plan time; usually few).
+CHANGES = MemoryModel(base_mb=440, per_million_mb=1000)
 #: The commit of a sharded night, per million rows of the night: 319 / 356 / 517 MB (summaries, skymap histogram).
 COMMIT = MemoryModel(base_mb=320, per_million_mb=12)
 #: One shard of the incremental weekly (``compact_pixels``): a compaction of its files, like bootstrap's fold, so the
