@@ -101,7 +101,14 @@ def _log_key(logs: Path, log: Path) -> str:
     _>``): the log paths are work/logs/<rule>/<wildcard values>, with ``part`` before stage_dataset's part number."""
     rule, *values = log.relative_to(logs).with_suffix("").parts
     values[-1] = values[-1].removeprefix("part") if rule == "stage_dataset" else values[-1]
-    return f"rule_{rule}_wildcards_{'_'.join(values)}" if values else f"rule_{rule}"
+    return _canonical(f"rule_{rule}_wildcards_{'_'.join(values)}" if values else f"rule_{rule}")
+
+
+def _canonical(comment: str) -> str:
+    """A job's SLURM comment with its wildcard values sorted: the log path and the comment may list them in another
+    order (ingest_shard: run/batch/shard in the log path, batch/run/shard in the comment)."""
+    rule, sep, values = comment.partition("_wildcards_")
+    return f"{rule}{sep}{'_'.join(sorted(values.split('_')))}" if sep else comment
 
 
 class Workflow:
@@ -182,7 +189,7 @@ class Workflow:
                 out.append({"objects": objects, "step": step["step"], "slurm_jobs": len(jobs),
                             "wall_s": step["wall_s"]})
                 continue
-            logged = [logs[j["comment"]]["span"] for j in jobs if j["comment"] in logs]
+            logged = [logs[_canonical(j["comment"])]["span"] for j in jobs if _canonical(j["comment"]) in logs]
             first, last = min(s for s, _ in spans), max(e for _, e in spans)
             common = {"objects": objects, "night_rows": night_rows, "step": step["step"],
                       "slurm_jobs": len(jobs), "submitted": submitted,
@@ -194,8 +201,8 @@ class Workflow:
             for job in jobs:
                 by_rule[re.match(r"rule_(\w+?)(_wildcards_.*)?$", job["comment"])[1]].append(job)
             for rule, rule_jobs in sorted(by_rule.items()):
-                mapped = [(logs[j["comment"]], int(j["mem"].removesuffix("M")), j["comment"]) for j in rule_jobs
-                          if j["comment"] in logs]
+                mapped = [(logs[_canonical(j["comment"])], int(j["mem"].removesuffix("M")), j["comment"])
+                          for j in rule_jobs if _canonical(j["comment"]) in logs]
                 top = max(mapped, key=lambda m: m[0]["peak_mb"]) if mapped else ({"peak_mb": float("nan")}, 0, "")
                 worst = max(mapped, key=lambda m: m[0]["peak_mb"] / m[1]) if mapped else ({"peak_mb": 0}, 1, "")
                 rule_spans = [span for span in map(_span, rule_jobs) if span is not None]
