@@ -28,7 +28,6 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 from hats.pixel_math import HealpixPixel
 from hats.pixel_math.spatial_index import SPATIAL_INDEX_COLUMN
-from hats.pixel_tree.pixel_tree import PixelTree
 
 from ppdb_lc import lightcurves, partitioning, postprocess
 from ppdb_lc.stash import DEFAULT_MEMORY_LIMIT, Stash
@@ -54,18 +53,12 @@ def read_source(source: Source, schema: pa.Schema, columns: list[str] | None = N
     return pq.read_table(source.path, schema=schema, columns=columns, use_threads=False)
 
 
-def _ranges(pixels: Sequence[HealpixPixel]) -> np.ndarray:
-    if not pixels:
-        return np.empty((0, 2), dtype=np.int64)
-    return np.asarray(PixelTree.from_healpix(list(pixels)).to_depth29_ranges(), dtype=np.int64)
-
-
 def pixel_groups(destination: Sequence[HealpixPixel], sources: Sequence[HealpixPixel]) -> tuple[np.ndarray, np.ndarray]:
     """Group number (in sky order) of each destination and each source pixel (both lists spatially sorted).
 
     Two HEALPix pixels are either nested or disjoint, so the maximal pixels of the union are the groups.
     """
-    ranges = np.concatenate([_ranges(destination), _ranges(sources)])
+    ranges = np.concatenate([partitioning.depth29_ranges(destination), partitioning.depth29_ranges(sources)])
     group = np.empty(len(ranges), dtype=np.int64)
     current, end = -1, -1
     for i in np.lexsort((-ranges[:, 1], ranges[:, 0])):  # by start, the larger pixel first

@@ -29,11 +29,18 @@ def sorted_pixels(pixels: Sequence[HealpixPixel]) -> list[HealpixPixel]:
     return PixelTree.from_healpix(list(pixels)).get_healpix_pixels()
 
 
+def depth29_ranges(pixels: Sequence[HealpixPixel]) -> np.ndarray:
+    """``[low, high)`` ``_healpix_29`` range of each pixel (n x 2 int64), in ``sorted_pixels`` order (hats' tree)."""
+    if len(pixels) == 0:
+        return np.empty((0, 2), dtype=np.int64)
+    return np.asarray(PixelTree.from_healpix(list(pixels)).to_depth29_ranges(), dtype=np.int64)
+
+
 def locate(healpix29: np.ndarray, pixels: Sequence[HealpixPixel]) -> np.ndarray:
     """Index into ``sorted_pixels(pixels)`` of the pixel containing each row, ``-1`` outside coverage."""
     if len(pixels) == 0:
         return np.full(len(healpix29), -1, dtype=np.int64)
-    ranges = PixelTree.from_healpix(list(pixels)).to_depth29_ranges()
+    ranges = depth29_ranges(pixels)
     slot = np.searchsorted(ranges[:, 0], healpix29, side="right") - 1
     inside = (slot >= 0) & (healpix29 < ranges[np.clip(slot, 0, None), 1])
     return np.where(inside, slot, -1)

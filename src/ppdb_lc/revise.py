@@ -36,7 +36,6 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 from hats.pixel_math import HealpixPixel
 from hats.pixel_math.spatial_index import SPATIAL_INDEX_COLUMN, compute_spatial_index
-from hats.pixel_tree.pixel_tree import PixelTree
 
 from ppdb_lc import apdb, catalog, lightcurves, margins, partitioning, updates
 from ppdb_lc.updates import Effects
@@ -350,7 +349,7 @@ def moved_schema(schema: pa.Schema) -> pa.Schema:
 
 
 def _ranges(pixel: HealpixPixel) -> tuple[int, int]:
-    low, high = np.asarray(PixelTree.from_healpix([pixel]).to_depth29_ranges(), dtype=np.int64)[0]
+    low, high = partitioning.depth29_ranges([pixel])[0]
     return int(low), int(high)
 
 

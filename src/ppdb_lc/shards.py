@@ -242,12 +242,12 @@ class RowReader:
         rows = np.concatenate([np.arange(self.starts[g], self.starts[g + 1]) for g in groups])
         return values, rows
 
-    def by_group(self, wanted: np.ndarray) -> Iterator[tuple[int, pa.Table]]:
-        """The rows at positions ``wanted`` (ascending), one row group at a time: ``(group, rows)``."""
+    def by_group(self, wanted: np.ndarray) -> Iterator[pa.Table]:
+        """The rows at positions ``wanted`` (ascending), one row group at a time."""
         group_of = np.searchsorted(self.starts, wanted, side="right") - 1
         for group in np.unique(group_of):
             table = self.handle.read_row_group(int(group))
-            yield int(group), table.take(pa.array(wanted[group_of == group] - self.starts[group]))
+            yield table.take(pa.array(wanted[group_of == group] - self.starts[group]))
 
     def read(self, wanted: np.ndarray) -> pa.Table:
         """The rows at positions ``wanted`` (ascending)."""
@@ -578,14 +578,6 @@ def _near(cells: np.ndarray, order: int) -> np.ndarray:
     return np.unique(np.concatenate([cells, ring[ring >= 0]]))
 
 
-def _pixel_start(pixel: HealpixPixel) -> int:
-    return pixel.pixel << 2 * (29 - pixel.order)
-
-
-def _pixel_end(pixel: HealpixPixel) -> int:
-    return (pixel.pixel + 1) << 2 * (29 - pixel.order)
-
-
 def _merged_ranges(ranges: np.ndarray) -> np.ndarray:
     """``[low, high)`` ranges (n x 2) sorted and merged where they touch or overlap."""
     if not len(ranges):
@@ -637,10 +629,8 @@ def build_writer(batch: Batch, layout: Layout, settings: Settings, writer: int, 
     # 1. the positions of my rows in every shard (row groups whose statistics meet my ranges only);
     wanted: list[np.ndarray] = []
     positions: list[np.ndarray] = []
-    ranges = _merged_ranges(np.concatenate([
-        np.array([[_pixel_start(pixels[int(mine[0])]), _pixel_end(pixels[int(mine[-1])])]] if len(mine) else [],
-                 dtype=np.int64).reshape(-1, 2),
-        np.stack([border << shift, (border + 1) << shift], axis=1)]))
+    ranges = _merged_ranges(np.concatenate([partitioning.depth29_ranges([pixels[int(s)] for s in mine]),
+                                            np.stack([border << shift, (border + 1) << shift], axis=1)]))
     for k in range(shards):
         hp29, at = RowReader(layout.shard(k) / ROWS_FILE).column_in(SPATIAL_INDEX_COLUMN, ranges)
         hit = np.isin(partitioning.locate(hp29, pixels), mine) | np.isin(hp29 >> shift, border)
@@ -657,7 +647,7 @@ def build_writer(batch: Batch, layout: Layout, settings: Settings, writer: int, 
             if not len(wanted[k]):
                 continue
             reader = RowReader(layout.shard(k) / ROWS_FILE)
-            for group, rows in reader.by_group(wanted[k]):
+            for rows in reader.by_group(wanted[k]):
                 window = np.searchsorted(lows, rows[SPATIAL_INDEX_COLUMN].to_numpy(), side="right") - 1
                 for w in np.unique(window):
                     if int(w) not in spill_writers:
