@@ -9,6 +9,7 @@ from __future__ import annotations
 import collections
 import dataclasses
 import json
+import re
 import shutil
 from pathlib import Path
 
@@ -157,7 +158,7 @@ def test_sharded_daily_equals_unsharded_daily(workspace: Workspace, tmp_path_fac
     write_chunk(ws.ppdb, EDGE_CHUNK, edge_tables(ws.ppdb))  # the last night creates pixels
     unsharded = Workspace(tmp_path_factory.mktemp("unsharded"))
     shutil.copytree(ws.ppdb, unsharded.ppdb)
-    ws.write_config(sharding={"rows_per_stage_job": rows_per_job, "rows_per_ingest_job": 2 * rows_per_job})
+    ws.write_config(sharding={"rows_per_stage_job": rows_per_job, "rows_per_ingest_job": rows_per_job})
     unsharded.write_config(sharding={"rows_per_stage_job": 10**9, "rows_per_ingest_job": 10**9})
     for run in (ws, unsharded):
         run.snakemake("bootstrap", "--config", f"until={NIGHTS[1]}")
@@ -184,13 +185,17 @@ def test_sharded_daily_equals_unsharded_daily(workspace: Workspace, tmp_path_fac
     assert len(files) >= 15  # catalog and margin files of the bootstrap and both nights
     for path in files:
         assert pq.read_table(ours / path).equals(pq.read_table(theirs / path)), path
-    # writers append a pixel's file window by window (sharding.rows_per_ingest_job / 10 catalog rows, here 100)
+    # writers append a pixel's file window by window (shards.window_points: rows_per_ingest_job / 10 points, here 20)
     assert any(pq.ParquetFile(ours / p).num_row_groups > 1 for p in files if p.name == f"{NIGHTS[-1]}.parquet")
     # the changes job revises committed files a part at a time (the same window of points): a compacted file that
     # update records revised is written in several row groups here, in one in the unsharded run
     revised = [p for p in files if p.parts[0] == "dia_object_lc" and p.name == "compacted.parquet"
                and pq.ParquetFile(ours / p).num_row_groups > 1]
     assert revised and all(pq.ParquetFile(theirs / p).num_row_groups == 1 for p in revised), revised
+    # ... and the sky a region at a time (a window of targets each): here several regions a night, there one
+    regions = [[int(n) for log in (run.work / "logs").rglob("*.log")
+                for n in re.findall(r"revise: (\d+) regions", log.read_text())] for run in (ws, unsharded)]
+    assert max(regions[0]) > 1 and set(regions[1]) == {1}, regions
     index = {}
     for version in (ours, theirs):
         files = sorted((version / "dia_object_lc_diaObjectId" / "dataset").rglob("*.parquet"))

@@ -138,7 +138,7 @@ def test_apply_to_flat_and_object_versions():
     assert flat.objects["validityEndMjdTai"].to_pylist() == [MJD, None]
     # object 11's only version comes from chunk 7, after the record's chunk 6: it supersedes the record
     assert flat.objects["nDiaSources"].to_pylist() == [2, 1]
-    status = updates.statuses(records, flat.found_sources, flat.found_forced, flat.found_objects)
+    status = updates.statuses(records, flat.found())
     assert status.tolist() == ["applied", "applied", "applied", "superseded"]
 
 
@@ -205,8 +205,80 @@ def test_each_shard_gets_every_record_of_the_rows_it_holds():
             shard_set = {of(key)}
         for k in shard_set:
             want[k].add(i)
-    got = shards._records_per_shard(records, updates.reduce(records), night, n)
+    got = shards._records_per_shard(records, night, n)
     assert [sorted(g.tolist()) for g in got] == [sorted(want[k]) for k in range(n)]
     assert all(np.all(np.diff(g) > 0) for g in got)  # in the records' order
-    assert shards._records_per_shard(records, updates.reduce(records), None, 1)[0].tolist() == [
+    assert shards._records_per_shard(records, None, 1)[0].tolist() == [
         i for i, (key, _) in enumerate(targets) if key not in (100001, 100002, 100003)]
+
+
+def _many_records(n: int, seed: int = 7) -> pa.Table:
+    """``n`` records of every type on few targets (each hit ~4 times), in shuffled order and over three chunks."""
+    rng = np.random.default_rng(seed)
+    kinds = ["reassign_diasource_to_diaobject", "withdraw_diasource", "reassign_diasource_to_ssobject",
+             "withdraw_diaforcedsource", "close_diaobject_validity", "update_n_dia_sources"]
+    rows = []
+    for i in range(n):
+        kind = kinds[i % len(kinds)]
+        target = int(rng.integers(0, n // 4 + 1))
+        fields = {"reassign_diasource_to_diaobject": dict(diaSourceId=target, diaObjectId=int(rng.integers(1, 50))),
+                  "withdraw_diasource": dict(diaSourceId=target, timeWithdrawnMjdTai=MJD + i),
+                  "reassign_diasource_to_ssobject": dict(diaSourceId=target, ssObjectId=i,
+                                                         ssObjectReassocTimeMjdTai=MJD),
+                  "withdraw_diaforcedsource": dict(diaObjectId=target % 7, visit=target, detector=i % 3,
+                                                   timeWithdrawnMjdTai=MJD + i),
+                  "close_diaobject_validity": dict(diaObjectId=target, validityEndMjdTai=MJD + i,
+                                                   nDiaSources=None if i % 2 else i),
+                  "update_n_dia_sources": dict(diaObjectId=target, nDiaSources=i)}[kind]
+        rows.append((int(rng.integers(0, 3)), T0 + int(rng.integers(0, 1000)), i % 5, payload(kind, **fields)))
+    chunks = [1614600000 + r[0] for r in rows]
+    raw = transport([r[1:] for r in rows])
+    raw = raw.set_column(0, "apdb_replica_chunk", pa.array(chunks, pa.int64()))
+    return updates.parse_records(raw, "generated")
+
+
+def _canonical(frame, key):
+    return frame.sort_values(key).reset_index(drop=True).astype(str)
+
+
+def test_records_reduced_in_buckets_of_targets_give_the_whole_effect():
+    """The night's records are reduced a bucket of targets at a time (bounded memory): the effect equals the
+    reduction of all records at once, for every type and bucket size."""
+    records = _many_records(400)
+    whole = updates.reduce(records, bucket_records=records.num_rows)
+    assert len(whole.sources) > 60 and len(whole.forced) > 30 and len(whole.objects) > 30
+    for size in (9, 37, 250):
+        parts = updates.reduce(records, bucket_records=size)
+        for name, key in (("sources", ["diaSourceId"]), ("forced", ["diaObjectId", "visit", "detector"]),
+                          ("objects", ["diaObjectId"])):
+            expected, got = getattr(whole, name), getattr(parts, name)
+            assert list(got.columns) == list(expected.columns)
+            assert _canonical(got, key).equals(_canonical(expected, key)), (size, name)
+
+
+def test_statuses_from_found_tables_of_several_jobs():
+    """Statuses from the targets found by several jobs: a point found anywhere applies its records; an object
+    record is superseded when the object's smallest version chunk (over all jobs) is later than the record."""
+    records = _many_records(120)
+    targets = updates.record_targets(records)
+    chunk = records["apdb_replica_chunk"].to_numpy()
+    found_sources = set(targets.loc[targets["table"] == "DiaSource", "k0"].to_numpy()[::2].tolist())
+    forced = targets.loc[targets["table"] == "DiaForcedSource", ["k0", "k1", "k2"]].to_numpy()
+    found_forced = {tuple(k) for k in forced[::3].tolist()}
+    object_ids = np.unique(targets.loc[targets["table"] == "DiaObject", "k0"].to_numpy())
+    job_a = {int(o): 1614600001 for o in object_ids[::2]}
+    job_b = {int(o): 1614600002 if i % 2 else 1614600000 for i, o in enumerate(object_ids[::3])}
+    found = pa.concat_tables([updates.found_table(found_sources, set(), job_a),
+                              updates.found_table(set(), found_forced, job_b)])
+    status = updates.statuses(records, found)
+    expected = []
+    for i, (table, k0, k1, k2) in enumerate(targets.itertuples(index=False)):  # independent: the rule, per record
+        if table == "DiaSource":
+            expected.append("applied" if k0 in found_sources else "pending")
+        elif table == "DiaForcedSource":
+            expected.append("applied" if (k0, k1, k2) in found_forced else "pending")
+        else:
+            versions = [j[k0] for j in (job_a, job_b) if k0 in j]
+            expected.append("pending" if not versions else "superseded" if min(versions) > chunk[i] else "applied")
+    assert status.tolist() == expected
+    assert {"applied", "pending", "superseded"} <= set(expected)

@@ -13,7 +13,9 @@ from functools import cache
 from importlib import resources
 from typing import Final, Literal
 
+import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 
 Dataset = Literal["DiaObject", "DiaSource", "DiaForcedSource"]
 DATASETS: Final[tuple[Dataset, ...]] = ("DiaObject", "DiaSource", "DiaForcedSource")
@@ -93,3 +95,17 @@ def flux_columns(table: str) -> list[str]:
     if table == "DiaObject":
         return [name for name in names if name.endswith("_scienceFluxMean")]
     return [name for name in names if name == "scienceFlux"]
+
+
+def id_buckets(ids: pa.Array | pa.ChunkedArray | np.ndarray, buckets: int) -> np.ndarray:
+    """Bucket ``0..buckets-1`` of each id (a Fibonacci hash, so consecutive ids spread evenly); null: 0. The one
+    hash of the pipeline: ingest shards by ``diaObjectId``, record buckets by target key."""
+    if buckets == 1:
+        return np.zeros(len(ids), dtype=np.int64)
+    if isinstance(ids, np.ndarray):
+        valid, values = np.ones(len(ids), dtype=bool), ids.astype(np.int64)
+    else:
+        valid = pc.is_valid(ids).to_numpy(zero_copy_only=False)
+        values = pc.fill_null(ids, 0).to_numpy(zero_copy_only=False).astype(np.int64)
+    mixed = (values.view(np.uint64) * np.uint64(0x9E3779B97F4A7C15)) >> np.uint64(32)
+    return np.where(valid, (mixed % np.uint64(buckets)).astype(np.int64), 0)

@@ -139,18 +139,14 @@ def bootstrap(batch: Batch, staged: dict[str, list[Path]], scratch: Path, settin
     records = pa.concat_tables([stage.read_staged(staged[stage.UPDATES], night, stage.UPDATES) for night in nights])
     effects = updates.reduce(records)
     first = {ds: _first_copies_across_nights(staged[ds], nights, ds) for ds in ("DiaSource", "DiaForcedSource")}
-    found_sources: set[int] = set()
-    found_forced: set[tuple[int, int, int]] = set()
-    found_objects: dict[int, int] = {}
+    found = [updates.FOUND_SCHEMA.empty_table()]
     sources, totals = [], {"orphan_rows": 0, "solar_system_sources_skipped": 0}
     for night in nights:
         tables = {ds: stage.read_staged(staged[ds], night, ds) for ds in apdb.DATASETS}
         for ds, keep in first.items():
             tables[ds] = tables[ds].filter(pa.array(keep[night]))
         flat = updates.apply_to_flat(tables["DiaObject"], tables["DiaSource"], tables["DiaForcedSource"], effects)
-        found_sources |= flat.found_sources
-        found_forced |= flat.found_forced
-        found_objects = updates.earliest_versions(found_objects, flat.found_objects)
+        found.append(flat.found())
         rows, stats = lightcurves.nest_batch(flat.objects, flat.sources, flat.forced, schema)
         path = rows_dir / f"{night}.arrow"
         with pa.OSFile(str(path), "wb") as sink, pa.ipc.new_file(sink, schema) as writer:
@@ -163,7 +159,7 @@ def bootstrap(batch: Batch, staged: dict[str, list[Path]], scratch: Path, settin
     result = _build_collection(staging, sources, scratch, settings, order=settings.highest_healpix_order,
                                threads=threads)
     write_ledger(staging, entries_for(batch))
-    status = updates.statuses(records, found_sources, found_forced, found_objects)
+    status = updates.statuses(records, pa.concat_tables(found))
     write_records(staging / UPDATE_LOG / f"{BOOTSTRAP}.parquet",
                   records.append_column("status", pa.array(status.tolist(), pa.string())))
     write_records(staging / PENDING_PATH, updates.in_order(records.filter(pa.array(status == updates.PENDING))))

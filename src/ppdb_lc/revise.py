@@ -48,11 +48,10 @@ _KEYS = ["diaObjectId", CHUNK, "diaSource.diaSourceId", "diaSource." + CHUNK, "d
 
 @dataclass(frozen=True)
 class Lookups:
-    """What to look for in the collection, each with an approximate position (``ra``, ``dec`` arrays)."""
+    """What to look for in the collection, each with an approximate position (``ra``, ``dec``)."""
 
-    effects: Effects
-    record_ra: np.ndarray
-    record_dec: np.ndarray
+    #: update records (:data:`updates.RECORD_SCHEMA`, any order: :func:`updates.reduce` orders them)
+    records: pa.Table
     #: re-emission candidates of the night: key columns, chunk, ra, dec (DiaSource / DiaForcedSource)
     sources: pd.DataFrame = field(default_factory=pd.DataFrame)
     forced: pd.DataFrame = field(default_factory=pd.DataFrame)
@@ -82,17 +81,91 @@ class Revision:
     margin_rows_delta: int = 0
     files_scanned: int = 0
 
+    def found(self) -> pa.Table:
+        return updates.found_table(self.found_sources, self.found_forced, self.found_objects)
+
+
+def candidate_slots(ra: np.ndarray, dec: np.ndarray, pixels: Sequence[HealpixPixel], order: int
+                    ) -> tuple[np.ndarray, np.ndarray]:
+    """``(position, slot)`` pairs: ``pixels[slot]`` may hold a row within the margin of the position (its own pixel,
+    and the pixels whose margin holds it)."""
+    if len(ra) == 0 or not pixels:
+        return np.empty(0, np.int64), np.empty(0, np.int64)
+    hp29 = compute_spatial_index(np.asarray(ra, dtype=np.float64), np.asarray(dec, dtype=np.float64))
+    own = partitioning.locate(hp29, pixels)
+    rows, neighbours = margins.margin_targets(hp29, own, pixels, order)
+    inside = np.flatnonzero(own >= 0)
+    return np.concatenate([inside, rows]), np.concatenate([own[inside], neighbours])
+
 
 def candidate_pixels(ra: np.ndarray, dec: np.ndarray, pixels: Sequence[HealpixPixel], order: int
                      ) -> set[HealpixPixel]:
-    """Pixels that may hold a row within the margin of each position: its own and those whose margin has it."""
-    if len(ra) == 0 or not pixels:
-        return set()
-    hp29 = compute_spatial_index(np.asarray(ra, dtype=np.float64), np.asarray(dec, dtype=np.float64))
-    own = partitioning.locate(hp29, pixels)
-    _, neighbours = margins.margin_targets(hp29, own, pixels, order)
-    slots = np.unique(np.concatenate([own[own >= 0], neighbours]))
-    return {pixels[int(s)] for s in slots}
+    """Pixels that may hold a row within the margin of each position (:func:`candidate_slots`)."""
+    return {pixels[int(s)] for s in np.unique(candidate_slots(ra, dec, pixels, order)[1])}
+
+
+_TABLE_CODES = {"DiaSource": 0, "DiaForcedSource": 1, "DiaObject": 2}
+
+
+@dataclass(frozen=True)
+class _Routing:
+    """Which targets each sky region looks for. A target (a record's, or a re-emitted row's key) goes to every
+    region holding one of its candidate pixels (from every position it comes with), with all its records: in each
+    region its net effect is the whole's, and its row (in one of those pixels) is revised by the region holding
+    that pixel. A region is a run of consecutive pixels with at most ``limit`` (target, pixel) pairs (a single
+    pixel may hold more), so a region's records and effects are bounded, not the night's."""
+
+    target: np.ndarray  # per position (records, then re-emitted sources, then forced sources): its target
+    pairs: np.ndarray  # unique (target, slot) rows, sorted by slot
+    n_records: int
+    n_sources: int
+
+    @staticmethod
+    def of(lookups: Lookups, pixels: Sequence[HealpixPixel], order: int) -> _Routing:
+        targets = updates.record_targets(lookups.records)
+        columns = {"table": targets["table"].map(_TABLE_CODES).to_numpy(np.int64), "k0": targets["k0"].to_numpy(),
+                   "k1": targets["k1"].to_numpy(), "k2": targets["k2"].to_numpy()}
+        ra = [lookups.records["ra"].to_numpy(zero_copy_only=False)]
+        dec = [lookups.records["dec"].to_numpy(zero_copy_only=False)]
+        for code, frame, key in ((0, lookups.sources, ["diaSourceId"]),
+                                 (1, lookups.forced, ["diaObjectId", "visit", "detector"])):
+            if frame.empty:
+                continue
+            for i, name in enumerate(("k0", "k1", "k2")):
+                part = frame[key[i]].to_numpy(np.int64) if i < len(key) else np.full(len(frame), -1, np.int64)
+                columns[name] = np.concatenate([columns[name], part])
+            columns["table"] = np.concatenate([columns["table"], np.full(len(frame), code, np.int64)])
+            ra.append(frame["ra"].to_numpy(np.float64))
+            dec.append(frame["dec"].to_numpy(np.float64))
+        target = pd.DataFrame(columns).groupby(list(columns), sort=False).ngroup().to_numpy(np.int64)
+        position, slot = candidate_slots(np.concatenate(ra), np.concatenate(dec), pixels, order)
+        pairs = np.unique(np.stack([slot, target[position]], axis=1), axis=0)[:, ::-1]  # by slot, then target
+        return _Routing(target, pairs, lookups.records.num_rows, len(lookups.sources))
+
+    def regions(self, limit: int) -> list[tuple[int, int]]:
+        """``[low, high)`` slot ranges, in order."""
+        if not len(self.pairs):
+            return []
+        slots, counts = np.unique(self.pairs[:, 1], return_counts=True)
+        out, start, total = [], int(slots[0]), 0
+        for slot, count in zip(slots.tolist(), counts.tolist(), strict=True):
+            if total and total + count > limit:
+                out.append((start, slot))
+                start, total = slot, 0
+            total += count
+        out.append((start, int(slots[-1]) + 1))
+        return out
+
+    def region(self, lookups: Lookups, low: int, high: int) -> tuple[Lookups, np.ndarray]:
+        """The lookups of the targets of slots ``[low, high)``, and those slots."""
+        inside = (self.pairs[:, 1] >= low) & (self.pairs[:, 1] < high)
+        mine = np.isin(self.target, self.pairs[inside, 0])
+        r, s = self.n_records, self.n_sources
+        pick = np.flatnonzero(mine[:r])
+        region = Lookups(lookups.records.take(pa.array(pick, pa.int64())),
+                         lookups.sources[mine[r:r + s]] if s else lookups.sources,
+                         lookups.forced[mine[r + s:]] if not lookups.forced.empty else lookups.forced)
+        return region, np.unique(self.pairs[inside, 1])
 
 
 def _keys_of(table: pa.Table) -> dict[str, np.ndarray]:
@@ -145,8 +218,7 @@ class _Wanted:
     objects: np.ndarray
 
     @staticmethod
-    def of(lookups: Lookups) -> _Wanted:
-        eff = lookups.effects
+    def of(eff: Effects, lookups: Lookups) -> _Wanted:
 
         def table(effect_keys: pd.DataFrame, night: pd.DataFrame, key: list[str]) -> pd.DataFrame:
             parts = [effect_keys[key].astype(np.int64).assign(night_chunk=_NOT_RE_EMITTED, effect=True)]
@@ -208,23 +280,43 @@ def revise(base_catalog: Path, pixels: Sequence[HealpixPixel], lookups: Lookups,
     targets (and of their margin files) below ``out_catalog`` / ``out_margin``, at the same relative paths, and
     the points that leave their rows to ``out_moved`` (written only if there are some).
 
-    Files are read and rewritten in parts of about ``points_per_part`` nested points (:func:`catalog.read_parts`):
-    every step is row by row, so memory is a part's, not a file's (a compacted file holds years of points). The
-    new border rows of rewritten files wait in scratch files next to ``out_margin`` until their margin files are
-    rewritten, and moved points are written as they are found."""
+    The sky is revised a region at a time (:class:`_Routing`, at most ``points_per_part`` targets per region): a
+    region's records are reduced to their effect and its files searched and rewritten, so memory is a region's
+    targets, not the night's. Files are read and rewritten in parts of about ``points_per_part`` nested points
+    (:func:`catalog.read_parts`): every step is row by row, so memory is a part's, not a file's (a compacted file
+    holds years of points). The new border rows of rewritten files wait in scratch files next to ``out_margin``
+    until their margin files are rewritten, and moved points are written as they are found."""
     result = Revision()
-    eff = lookups.effects
-    ra = np.concatenate([lookups.record_ra, *(f["ra"].to_numpy(np.float64) for f in (lookups.sources, lookups.forced)
-                                              if not f.empty)])
-    dec = np.concatenate([lookups.record_dec, *(f["dec"].to_numpy(np.float64) for f in (lookups.sources,
-                                                                                        lookups.forced) if not f.empty)])
-    wanted_pixels = partitioning.sorted_pixels(candidate_pixels(ra, dec, pixels, margin_order))
-    if not wanted_pixels:
-        return result
-    wanted = _Wanted.of(lookups)
-    #: files holding a target -> their pixel and the committed source copies to remove (replaced by the night's)
+    routing = _Routing.of(lookups, pixels, margin_order)
+    regions = routing.regions(points_per_part)
+    changes: dict[str, dict[int, _MarginChange]] = defaultdict(lambda: defaultdict(_MarginChange))
+    scratch = out_margin.parent / "border_rows"
+    moved = _MovedPoints(out_moved, result)
+    try:
+        for low, high in regions:
+            region, slots = routing.region(lookups, low, high)
+            effects = updates.reduce(region.records)
+            plans = _files_with_targets(base_catalog, [pixels[int(s)] for s in slots],
+                                        _Wanted.of(effects, region), result, points_per_part)
+            for path, (pixel, remove) in plans.items():
+                _rewrite_file(path, pixel, remove, effects, base_catalog, pixels, margin_order, out_catalog, schema,
+                              points_per_part, changes, scratch, moved, result)
+    finally:
+        moved.close()
+    log.info("revise: %d regions (%d targets in %d candidate pixels), %d files scanned, %d files rewritten",
+             len(regions), len(np.unique(routing.pairs[:, 0])), len(np.unique(routing.pairs[:, 1])),
+             result.files_scanned, len(result.files_rewritten))
+    _revise_margins(changes, pixels, margin_dir, out_margin, margin_schema, result, points_per_part)
+    shutil.rmtree(scratch, ignore_errors=True)
+    return result
+
+
+def _files_with_targets(base_catalog: Path, candidates: list[HealpixPixel], wanted: _Wanted, result: Revision,
+                        points_per_part: int) -> dict[Path, tuple[HealpixPixel, set[int]]]:
+    """The files of ``candidates`` holding a target (their key columns read in parts), with their pixel and the
+    committed source copies to remove (replaced by the night's)."""
     plans: dict[Path, tuple[HealpixPixel, set[int]]] = {}
-    for pixel, path in catalog.pixel_files(base_catalog, wanted_pixels):
+    for pixel, path in catalog.pixel_files(base_catalog, partitioning.sorted_pixels(candidates)):
         result.files_scanned += 1
         touches, remove = False, set()
         for part in catalog.read_parts(path, points_per_part, columns=_KEYS):
@@ -233,52 +325,63 @@ def revise(base_catalog: Path, pixels: Sequence[HealpixPixel], lookups: Lookups,
             remove |= replaced
         if touches:
             plans[path] = (pixel, remove)
-    log.info("revise: %d candidate pixels, %d files scanned, %d files hold targets", len(wanted_pixels),
-             result.files_scanned, len(plans))
+    return plans
 
-    # one file at a time, a part at a time
-    changes: dict[str, dict[int, _MarginChange]] = defaultdict(lambda: defaultdict(_MarginChange))
-    scratch = out_margin.parent / "border_rows"
-    moved_writer: pa.ipc.RecordBatchFileWriter | None = None
-    for path, (pixel, remove) in plans.items():
-        relative = path.relative_to(base_catalog)
-        slot = pixels.index(pixel)
-        reached_old: set[int] = set()
-        with catalog.PixelFileWriter(out_catalog, path.name, schema) as writer:
-            for old in catalog.read_parts(path, points_per_part, schema=schema):
-                new, moved, dropped = rewrite_rows(old, eff, remove, result.replaced_forced, schema)
-                if moved.num_rows:
-                    if moved_writer is None:
-                        out_moved.parent.mkdir(parents=True, exist_ok=True)
-                        moved_writer = pa.ipc.new_file(str(out_moved), moved.schema)  # Arrow IPC: a scratch file
-                    moved_writer.write_table(moved)
-                    to_ss = int(moved[lightcurves.OBJECT_ID].null_count)
-                    result.moved_to_ssobjects += to_ss
-                    result.moved += moved.num_rows - to_ss
-                result.rows_dropped += int(dropped.sum())
-                hp_old = old[SPATIAL_INDEX_COLUMN].to_numpy()
-                result.dropped_healpix29.append(hp_old[dropped])
-                writer.append(pixel, new)
-                _, reached = margins.margin_targets(hp_old, np.full(len(hp_old), slot), pixels, margin_order)
-                reached_old.update(np.unique(reached).tolist())
-                hp_new = new[SPATIAL_INDEX_COLUMN].to_numpy()
-                rows, reached = margins.margin_targets(hp_new, np.full(len(hp_new), slot), pixels, margin_order)
-                for q in np.unique(reached):
-                    spills = changes[path.name][int(q)].pixels.setdefault(_ranges(pixel), [])
-                    spill = scratch / f"{path.stem}-{int(q)}-{slot}-{len(spills)}.parquet"
-                    spill.parent.mkdir(parents=True, exist_ok=True)
-                    pq.write_table(new.take(pa.array(rows[reached == q])), spill)
-                    spills.append(spill)
-            if writer.pixel is None:  # a file without rows
-                writer.append(pixel, schema.empty_table())
-        for q in sorted(reached_old):
-            changes[path.name][int(q)].pixels.setdefault(_ranges(pixel), [])
-        result.files_rewritten.append(str(relative))
-    if moved_writer is not None:
-        moved_writer.close()
-    _revise_margins(changes, pixels, margin_dir, out_margin, margin_schema, result, points_per_part)
-    shutil.rmtree(scratch, ignore_errors=True)
-    return result
+
+class _MovedPoints:
+    """Points moved out of committed rows, written to an Arrow IPC scratch file as they are found."""
+
+    def __init__(self, path: Path, result: Revision) -> None:
+        self.path, self.result = path, result
+        self.writer: pa.ipc.RecordBatchFileWriter | None = None
+
+    def write(self, moved: pa.Table) -> None:
+        if not moved.num_rows:
+            return
+        if self.writer is None:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            self.writer = pa.ipc.new_file(str(self.path), moved.schema)
+        self.writer.write_table(moved)
+        to_ss = int(moved[lightcurves.OBJECT_ID].null_count)
+        self.result.moved_to_ssobjects += to_ss
+        self.result.moved += moved.num_rows - to_ss
+
+    def close(self) -> None:
+        if self.writer is not None:
+            self.writer.close()
+            self.writer = None
+
+
+def _rewrite_file(path: Path, pixel: HealpixPixel, remove: set[int], effects: Effects, base_catalog: Path,
+                  pixels: Sequence[HealpixPixel], margin_order: int, out_catalog: Path, schema: pa.Schema,
+                  points_per_part: int, changes: dict[str, dict[int, _MarginChange]], scratch: Path,
+                  moved: _MovedPoints, result: Revision) -> None:
+    """Rewrite one committed file a part at a time; spill its new border rows for the margin files they reach."""
+    slot = pixels.index(pixel)
+    reached_old: set[int] = set()
+    with catalog.PixelFileWriter(out_catalog, path.name, schema) as writer:
+        for old in catalog.read_parts(path, points_per_part, schema=schema):
+            new, moved_points, dropped = rewrite_rows(old, effects, remove, result.replaced_forced, schema)
+            moved.write(moved_points)
+            result.rows_dropped += int(dropped.sum())
+            hp_old = old[SPATIAL_INDEX_COLUMN].to_numpy()
+            result.dropped_healpix29.append(hp_old[dropped])
+            writer.append(pixel, new)
+            _, reached = margins.margin_targets(hp_old, np.full(len(hp_old), slot), pixels, margin_order)
+            reached_old.update(np.unique(reached).tolist())
+            hp_new = new[SPATIAL_INDEX_COLUMN].to_numpy()
+            rows, reached = margins.margin_targets(hp_new, np.full(len(hp_new), slot), pixels, margin_order)
+            for q in np.unique(reached):
+                spills = changes[path.name][int(q)].pixels.setdefault(_ranges(pixel), [])
+                spill = scratch / f"{path.stem}-{int(q)}-{slot}-{len(spills)}.parquet"
+                spill.parent.mkdir(parents=True, exist_ok=True)
+                pq.write_table(new.take(pa.array(rows[reached == q])), spill)
+                spills.append(spill)
+        if writer.pixel is None:  # a file without rows
+            writer.append(pixel, schema.empty_table())
+    for q in sorted(reached_old):
+        changes[path.name][int(q)].pixels.setdefault(_ranges(pixel), [])
+    result.files_rewritten.append(str(path.relative_to(base_catalog)))
 
 
 def rewrite_rows(table: pa.Table, effects: Effects, remove_sources: set[int],

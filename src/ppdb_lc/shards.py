@@ -118,11 +118,12 @@ def _without_keys(table: pa.Table, keys: pd.DataFrame) -> pa.Table:
     return table.filter(pa.array(merged["_x"].isna().to_numpy()))
 
 
-def _found(sources: set[int], forced: set[tuple[int, int, int]], objects: dict[int, int]) -> dict:
-    """Record targets found, as JSON."""
-    return {"found_sources": sorted(int(i) for i in sources),
-            "found_forced": sorted([int(a), int(b), int(c)] for a, b, c in forced),
-            "found_objects": {str(int(k)): int(v) for k, v in objects.items()}}
+FOUND_FILE = "found.parquet"  #: the record targets a job found (:data:`updates.FOUND_SCHEMA`), for the commit
+
+
+def _write_found(directory: Path, found: pa.Table) -> int:
+    pq.write_table(found, directory / FOUND_FILE)
+    return found.num_rows
 
 
 # -- 1. changes ---------------------------------------------------------------------------------------------------
@@ -257,12 +258,18 @@ class RowReader:
         return table.filter(pa.array(np.isin(offset, wanted)))
 
 
-def _reassigned_rows(parts: Sequence[Path], night: str, effects: updates.Effects) -> pa.Table | None:
+def _source_targets(records: pa.Table) -> np.ndarray:
+    """The diaSourceIds that DiaSource records target (sorted, unique)."""
+    targets = updates.record_targets(records)
+    return np.unique(targets.loc[targets["table"] == "DiaSource", "k0"].to_numpy(np.int64))
+
+
+def _reassigned_rows(parts: Sequence[Path], night: str, records: pa.Table) -> pa.Table | None:
     """The night's DiaSource rows targeted by source records (they may change object, so shard), with their
     ``_part`` and ``_row``; only the row groups holding them are read."""
-    if effects.sources.empty:
+    wanted = pa.array(_source_targets(records), pa.int64())
+    if not len(wanted):
         return None
-    wanted = pa.array(np.unique(effects.source_ids()), pa.int64())
     found = []
     for i, path in _staged_files(parts, night):
         ids = pq.read_table(path, columns=["diaSourceId"])["diaSourceId"]
@@ -277,8 +284,7 @@ def _reassigned_rows(parts: Sequence[Path], night: str, effects: updates.Effects
     return pa.concat_tables(found) if found else None
 
 
-def _records_per_shard(records: pa.Table, effects: updates.Effects, reassigned: pa.Table | None, shards: int
-                       ) -> list[np.ndarray]:
+def _records_per_shard(records: pa.Table, reassigned: pa.Table | None, shards: int) -> list[np.ndarray]:
     """Positions (in order) of the records each shard needs, so that the records it reduces give, for every row it
     holds, the same net effect as all of them (last write wins per target: every record of a target goes along):
     object and forced-source records go to the shard of their ``diaObjectId``; a DiaSource record to the shards of
@@ -291,6 +297,9 @@ def _records_per_shard(records: pa.Table, effects: updates.Effects, reassigned: 
     if reassigned is not None and reassigned.num_rows and is_source.any():
         rows = pd.DataFrame({"diaSourceId": reassigned["diaSourceId"].to_numpy(),
                              "before": stage.shard_of(reassigned["diaObjectId"], shards)})
+        # the net effect of the records of these rows only (their new owner)
+        ids = pa.array(np.unique(rows["diaSourceId"].to_numpy()), pa.int64())
+        effects = updates.reduce(records.filter(pc.and_(pa.array(is_source), pc.is_in(records["diaSourceId"], ids))))
         owner = rows[["diaSourceId"]].merge(effects.sources[["diaSourceId", "diaObjectId", "diaObjectId__set"]],
                                             on="diaSourceId", how="left")
         moves = owner["diaObjectId__set"].fillna(False).astype(bool).to_numpy()
@@ -356,12 +365,9 @@ def build_changes(batch: Batch, staged: dict[str, list[Path]], layout: Layout, s
         limit = horizon / 86400.0 + MJD_UNIX_EPOCH
         for dataset in old:
             old[dataset] = _old_rows(staged[dataset], batch.night, dataset, limit, losers)
-    effects = updates.reduce(all_records)
-    lookups = revise.Lookups(effects, all_records["ra"].to_numpy(zero_copy_only=False),
-                             all_records["dec"].to_numpy(zero_copy_only=False), old["DiaSource"],
-                             old["DiaForcedSource"])
+    lookups = revise.Lookups(all_records, old["DiaSource"], old["DiaForcedSource"])
     revision = revise.Revision()
-    if not effects.empty or not old["DiaSource"].empty or not old["DiaForcedSource"].empty:
+    if all_records.num_rows or not old["DiaSource"].empty or not old["DiaForcedSource"].empty:
         revision = revise.revise(
             base_catalog, existing, lookups, margin_dir=base / names.margin, margin_order=morder,
             out_catalog=out / "rewrite" / "catalog", out_margin=out / "rewrite" / "margin",
@@ -384,12 +390,11 @@ def build_changes(batch: Batch, staged: dict[str, list[Path]], layout: Layout, s
     kept_forced = pd.DataFrame(sorted(revision.kept_forced), columns=list(apdb.ROW_KEY["DiaForcedSource"]),
                                dtype=np.int64)
     pq.write_table(pa.Table.from_pandas(kept_forced, preserve_index=False), out / "kept_forced.parquet")
-    applied_effects = effects if applied is all_records else updates.reduce(applied)  # ~0.7 KB per record
-    reassigned = _reassigned_rows(staged["DiaSource"], batch.night, applied_effects)
+    reassigned = _reassigned_rows(staged["DiaSource"], batch.night, applied)
     if reassigned is not None:
         pq.write_table(reassigned, out / "reassigned_sources.parquet")
     # what each shard needs of the records and of the moved points: its share, not the night's
-    needs = _records_per_shard(applied, applied_effects, reassigned, shards)
+    needs = _records_per_shard(applied, reassigned, shards)
     for k in range(shards):
         write_records(layout.shard_records(k), applied.take(pa.array(needs[k], pa.int64())))
     _split_moved(out / "moved_sources.arrow", shards, layout, schema)
@@ -403,7 +408,7 @@ def build_changes(batch: Batch, staged: dict[str, list[Path]], layout: Layout, s
         "re_emitted_in_parts": {ds: sum(_re_emitted(p) for _, p in _staged_files(staged[ds], batch.night))
                                 for ds in ("DiaSource", "DiaForcedSource")},
         "cross_part_source_copies": len(losers),
-        **_found(revision.found_sources, revision.found_forced, revision.found_objects),
+        "targets_found": _write_found(out, revision.found()),
         "moved": revision.moved,
         "moved_to_ssobjects": revision.moved_to_ssobjects,
         "kept_sources": len(revision.kept_sources),
@@ -514,7 +519,7 @@ def build_shard(batch: Batch, staged: dict[str, list[Path]], layout: Layout, set
         "forced_sources": stats.forced_sources,
         "solar_system_sources": stats.solar_system_sources,
         "re_emitted_across_parts": {"DiaSource": dropped_s, "DiaForcedSource": dropped_f},
-        **_found(flat.found_sources, flat.found_forced, flat.found_objects),
+        "targets_found": _write_found(out, flat.found()),
     }
     _write_json(out / "summary.json", summary)
     log.info("shard %d/%d of %s: %d objects, %d orphan rows, %d sources, %d forced sources -> %d rows", shard + 1,
@@ -767,15 +772,9 @@ def assemble(batch: Batch, layout: Layout, settings: Settings, writers: int, sta
 
     all_records = pq.read_table(layout.changes / "all_records.parquet")
     records = pq.read_table(layout.changes / "night_records.parquet")
-    found_sources = set(changes["found_sources"])
-    found_forced = {tuple(k) for k in changes["found_forced"]}
-    found_flat: dict[int, int] = {}
-    for s in shard_sums:
-        found_sources |= set(s["found_sources"])
-        found_forced |= {tuple(k) for k in s["found_forced"]}
-        found_flat = updates.earliest_versions(found_flat, {int(k): v for k, v in s["found_objects"].items()})
-    status = updates.statuses(all_records, found_sources, found_forced, updates.earliest_versions(
-        found_flat, {int(k): v for k, v in changes["found_objects"].items()}))
+    jobs = (layout.changes, *(layout.shard(k) for k in range(shards)))
+    found = pa.concat_tables([pq.read_table(job / FOUND_FILE) for job in jobs])
+    status = updates.statuses(all_records, found)
     still_pending = updates.in_order(all_records.filter(pa.array(status == updates.PENDING)))
     pending_before = int(changes["pending_before"])
     log_table = records.append_column("status", pa.array(status[pending_before:].tolist(), pa.string()))

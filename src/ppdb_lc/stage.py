@@ -61,13 +61,8 @@ def staged_file(out_dir: Path, night: str) -> Path:
 
 
 def shard_of(object_ids: pa.Array | pa.ChunkedArray, shards: int) -> np.ndarray:
-    """Ingest shard of each row, from its ``diaObjectId`` (Fibonacci hash, so consecutive ids spread); null: 0."""
-    if shards == 1:
-        return np.zeros(len(object_ids), dtype=np.int64)
-    valid = pc.is_valid(object_ids).to_numpy(zero_copy_only=False)
-    ids = pc.fill_null(object_ids, 0).to_numpy(zero_copy_only=False).astype(np.int64)
-    mixed = (ids.view(np.uint64) * np.uint64(0x9E3779B97F4A7C15)) >> np.uint64(32)
-    return np.where(valid, (mixed % np.uint64(shards)).astype(np.int64), 0)
+    """Ingest shard of each row, from its ``diaObjectId`` (:func:`apdb.id_buckets`); null: 0."""
+    return apdb.id_buckets(object_ids, shards)
 
 
 def _write(table: pa.Table, out_dir: Path, night: str, shards: int = 1) -> None:

@@ -252,8 +252,31 @@ def _assignments(records: pd.DataFrame, table: str) -> pd.DataFrame:
     return pd.concat(parts, ignore_index=True)
 
 
-def reduce(records: pa.Table) -> Effects:
-    """Last write wins per (table, key, field), in the PPDB's order."""
+#: Records reduced at once. The reduction's working set is ~1 KB per record (pandas long form), so larger sets are
+#: reduced in buckets of targets: the last write wins per target, so the buckets' effects together are the whole's.
+REDUCE_RECORDS = 100_000
+
+
+def reduce(records: pa.Table, bucket_records: int = REDUCE_RECORDS) -> Effects:
+    """Last write wins per (table, key, field), in the PPDB's order; reduced ``bucket_records`` at a time, by target
+    (:func:`apdb.id_buckets` of the target's first key part)."""
+    if records.num_rows <= bucket_records:
+        return _reduce(records)
+    buckets = -(-records.num_rows // bucket_records)
+    bucket = apdb.id_buckets(record_targets(records)["k0"].to_numpy(), buckets)
+    order = np.argsort(bucket, kind="stable")
+    bounds = np.searchsorted(bucket[order], np.arange(buckets + 1))
+    parts = [_reduce(records.take(pa.array(order[bounds[b]:bounds[b + 1]]))) for b in range(buckets)]
+
+    def joined(name: str) -> pd.DataFrame:
+        frames = [getattr(p, name) for p in parts]
+        non_empty = [f for f in frames if not f.empty]
+        return pd.concat(non_empty, ignore_index=True) if non_empty else frames[0]
+
+    return Effects(sources=joined("sources"), forced=joined("forced"), objects=joined("objects"))
+
+
+def _reduce(records: pa.Table) -> Effects:
     ordered = in_order(records).to_pandas(types_mapper=pd.ArrowDtype)
     ordered["seq"] = np.arange(len(ordered))
     frames = {}
@@ -368,6 +391,9 @@ class FlatResult:
     found_forced: set[tuple[int, int, int]] = field(default_factory=set)
     found_objects: dict[int, int] = field(default_factory=dict)  # id -> smallest version chunk
 
+    def found(self) -> pa.Table:
+        return found_table(self.found_sources, self.found_forced, self.found_objects)
+
 
 def apply_to_flat(objects: pa.Table, sources: pa.Table, forced: pa.Table, effects: Effects) -> FlatResult:
     """Apply ``effects`` to a night's flat (staged) tables; report the targets found in them."""
@@ -413,34 +439,44 @@ def record_targets(records: pa.Table) -> pd.DataFrame:
 APPLIED, PENDING, SUPERSEDED = "applied", "pending", "superseded"
 
 
-def earliest_versions(*found: dict[int, int]) -> dict[int, int]:
-    """Objects found in several places: each one's smallest version chunk."""
-    out: dict[int, int] = {}
-    for part in found:
-        for oid, chunk in part.items():
-            out[oid] = min(chunk, out.get(oid, chunk))
-    return out
+#: The record targets a job found: table, key (``k0..k2`` as :func:`record_targets`), and for a DiaObject the
+#: smallest version chunk it has there (-1 for points). Jobs write it to files; the commit reads them all.
+FOUND_SCHEMA = pa.schema([pa.field("table", pa.string()), pa.field("k0", pa.int64()), pa.field("k1", pa.int64()),
+                          pa.field("k2", pa.int64()), pa.field("chunk", pa.int64())])
 
 
-def statuses(records: pa.Table, sources: set[int], forced: set[tuple[int, int, int]], objects: dict[int, int]
-             ) -> np.ndarray:
+def found_table(sources: Iterable[int], forced: Iterable[tuple[int, int, int]], objects: dict[int, int]) -> pa.Table:
+    """Targets found (:data:`FOUND_SCHEMA`), from the sets a search collects."""
+    source_ids = np.fromiter(sources, np.int64)
+    triples = np.array(list(forced), dtype=np.int64).reshape(-1, 3)
+    object_ids = np.fromiter(objects.keys(), np.int64, count=len(objects))
+    chunks = np.fromiter(objects.values(), np.int64, count=len(objects))
+    none = np.full(len(source_ids), -1, np.int64)
+    return pa.table({
+        "table": pa.array(["DiaSource"] * len(source_ids) + ["DiaForcedSource"] * len(triples)
+                          + ["DiaObject"] * len(object_ids), pa.string()),
+        "k0": np.concatenate([source_ids, triples[:, 0], object_ids]),
+        "k1": np.concatenate([none, triples[:, 1], np.full(len(object_ids), -1, np.int64)]),
+        "k2": np.concatenate([none, triples[:, 2], np.full(len(object_ids), -1, np.int64)]),
+        "chunk": np.concatenate([none, np.full(len(triples), -1, np.int64), chunks]),
+    }, schema=FOUND_SCHEMA)
+
+
+def statuses(records: pa.Table, found: pa.Table) -> np.ndarray:
     """Per record: ``applied`` (target found), ``pending`` (target not ingested yet) or ``superseded`` (a DiaObject
-    record whose object has only versions from later chunks)."""
+    record whose object has only versions from later chunks). ``found``: :data:`FOUND_SCHEMA` rows, from any
+    number of jobs (an object found in several keeps its smallest version chunk)."""
+    key = ["table", "k0", "k1", "k2"]
     targets = record_targets(records)
-    chunk = records["apdb_replica_chunk"].to_numpy()
+    earliest = found.to_pandas().groupby(key, as_index=False, sort=False)["chunk"].min()
+    hit = targets.merge(earliest, on=key, how="left")  # left order kept, one row per record
+    is_found = hit["chunk"].notna().to_numpy()
+    version = hit["chunk"].fillna(-1).to_numpy(np.int64)
+    superseded = is_found & (targets["table"] == "DiaObject").to_numpy() & (
+        version > records["apdb_replica_chunk"].to_numpy(zero_copy_only=False))
     out = np.full(len(targets), PENDING, dtype=object)
-    for i, (table, k0, k1, k2) in enumerate(targets.itertuples(index=False)):
-        if table == "DiaSource":
-            found = k0 in sources
-        elif table == "DiaForcedSource":
-            found = (k0, k1, k2) in forced
-        else:
-            found = k0 in objects
-            if found and objects[k0] > chunk[i]:
-                out[i] = SUPERSEDED
-                continue
-        if found:
-            out[i] = APPLIED
+    out[is_found] = APPLIED
+    out[superseded] = SUPERSEDED
     return out
 
 
