@@ -85,17 +85,21 @@ class Revision:
         return updates.found_table(self.found_sources, self.found_forced, self.found_objects)
 
 
-def candidate_slots(ra: np.ndarray, dec: np.ndarray, pixels: Sequence[HealpixPixel], order: int
-                    ) -> tuple[np.ndarray, np.ndarray]:
+def candidate_slots(ra: np.ndarray, dec: np.ndarray, pixels: Sequence[HealpixPixel], order: int,
+                    batch: int = 100_000) -> tuple[np.ndarray, np.ndarray]:
     """``(position, slot)`` pairs: ``pixels[slot]`` may hold a row within the margin of the position (its own pixel,
-    and the pixels whose margin holds it)."""
-    if len(ra) == 0 or not pixels:
-        return np.empty(0, np.int64), np.empty(0, np.int64)
-    hp29 = compute_spatial_index(np.asarray(ra, dtype=np.float64), np.asarray(dec, dtype=np.float64))
-    own = partitioning.locate(hp29, pixels)
-    rows, neighbours = margins.margin_targets(hp29, own, pixels, order)
-    inside = np.flatnonzero(own >= 0)
-    return np.concatenate([inside, rows]), np.concatenate([own[inside], neighbours])
+    and the pixels whose margin holds it). Computed ``batch`` positions at a time (a position's neighbours take
+    ~0.5 KB while they are found)."""
+    positions, slots = [np.empty(0, np.int64)], [np.empty(0, np.int64)]
+    for start in range(0, len(ra) if pixels else 0, batch):
+        hp29 = compute_spatial_index(np.asarray(ra[start:start + batch], dtype=np.float64),
+                                     np.asarray(dec[start:start + batch], dtype=np.float64))
+        own = partitioning.locate(hp29, pixels)
+        rows, neighbours = margins.margin_targets(hp29, own, pixels, order)
+        inside = np.flatnonzero(own >= 0)
+        positions += [inside + start, rows + start]
+        slots += [own[inside], neighbours]
+    return np.concatenate(positions), np.concatenate(slots)
 
 
 def candidate_pixels(ra: np.ndarray, dec: np.ndarray, pixels: Sequence[HealpixPixel], order: int
@@ -139,7 +143,9 @@ class _Routing:
             dec.append(frame["dec"].to_numpy(np.float64))
         target = pd.DataFrame(columns).groupby(list(columns), sort=False).ngroup().to_numpy(np.int64)
         position, slot = candidate_slots(np.concatenate(ra), np.concatenate(dec), pixels, order)
-        pairs = np.unique(np.stack([slot, target[position]], axis=1), axis=0)[:, ::-1]  # by slot, then target
+        targets_n = int(target.max()) + 1 if len(target) else 1
+        code = np.unique(slot * targets_n + target[position])  # one int64 per pair: by slot, then target
+        pairs = np.stack([code % targets_n, code // targets_n], axis=1)
         return _Routing(target, pairs, lookups.records.num_rows, len(lookups.sources))
 
     def regions(self, limit: int) -> list[tuple[int, int]]:
