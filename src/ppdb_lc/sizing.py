@@ -50,12 +50,12 @@ BOOTSTRAP = MemoryModel(base_mb=350, per_million_mb=1080)
 #: 518 / 661 / 906 MB at 0.36 / 0.48 / 0.49 M rows, writers 477 / 628 / 709 MB; since they stream (third session,
 #: 2026-12-04_ingest-scaling-streaming_0.25-1-4M-sources.txt): shards 533 / 692 / 744, writers 436 / 497 / 687 MB.
 SHARD = MemoryModel(base_mb=450, per_million_mb=700)
-#: The changes job, per million update records of the night (it streams committed files a window of points at a
-#: time, so what grows is the records, their net effect and the targets' keys): 449 / 530 / 758 MB with ~20 k /
-#: 80.5 k / 325.6 k records (nights of 1.07 / 4.28 / 17.1 M rows, benchmarks/results/
-#: 2026-12-04_ingest-scaling-streaming_0.25-1-4M-sources.txt; it was 455 / 708 / 1574 MB when it read whole files).
-#: Records still pending from earlier nights add to the count (not known at plan time; usually few).
-CHANGES = MemoryModel(base_mb=440, per_million_mb=1000)
+#: The changes job, per million update records of the night. It streams committed files a window of points at a
+#: time and revises the sky a region at a time (fourth session), so what grows is the records (read whole), a key per
+#: record and the targets found: 474 / 733 / 887 / 1401 MB with 0 / 0.11 / 0.44 / 1.76 M records on the 17.1 M-row
+#: night (benchmarks/changes_records.py; it was 449 / 530 / 758 MB with 20 k / 80.5 k / 325.6 k records before the
+#: regions, ~1 KB a record). Records still pending from earlier nights add to the count (not known at plan time).
+CHANGES = MemoryModel(base_mb=700, per_million_mb=420)
 #: The commit of a sharded night, per million rows of the night: 319 / 356 / 517 MB (summaries, skymap histogram).
 COMMIT = MemoryModel(base_mb=320, per_million_mb=12)
 #: One shard of the incremental weekly (``compact_pixels``): a compaction of its files, like bootstrap's fold, so the
