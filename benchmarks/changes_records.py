@@ -10,7 +10,8 @@ with the night's own update records replaced by N synthetic records: a deduplica
 (``shared/docs/update_records.md``), over committed DiaSources spread over the whole catalog (taken in file order, every
 k-th): ``reassign_diasource_to_diaobject`` to an object of the same file, and every 20th an ``update_n_dia_sources``
 and a ``close_diaobject_validity`` of the source's object. Each record carries the target's position. Prints, per N:
-the job's peak RSS, CPU seconds, wall seconds, files rewritten and points moved.
+the job's peak RSS, CPU seconds, wall seconds, files rewritten and points moved; then, in another process, the
+commit's part that reads the records (statuses, the night's update log, the records left pending) on that output.
 """
 
 from __future__ import annotations
@@ -102,13 +103,8 @@ def child(root: Path, version: str, night: str, records_file: Path, shards: int,
     base = root / "coll" / "versions" / version
     shard_jobs.published = lambda s: base
     staged = {d.name: sorted(d.iterdir()) for d in sorted((root / "work" / "batches" / night / "staged").iterdir())}
-    records = pq.read_table(records_file)
-    real = stage.read_staged
-
-    def read_staged(parts, night_, dataset, *a, **k):
-        return records if dataset == stage.UPDATES else real(parts, night_, dataset, *a, **k)
-
-    shard_jobs.stage.read_staged = read_staged
+    staged[stage.UPDATES] = [records_file.parent]  # a staging part holding the synthetic records as the night's
+    records = pq.ParquetFile(records_file).metadata
     start, cpu0 = time.time(), time.process_time()
     summary = shard_jobs.build_changes(Batch(name=night, night=night, chunks=[]), staged, shard_jobs.Layout(out),
                                        settings, shards)
@@ -117,6 +113,23 @@ def child(root: Path, version: str, night: str, records_file: Path, shards: int,
                       "cpu_s": round(time.process_time() - cpu0, 1), "wall_s": round(time.time() - start, 1),
                       "files_rewritten": len(summary["files_rewritten"]), "moved": summary["moved"],
                       "maxrss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss // 1024}))
+
+
+def statuses_child(out: Path, window: int) -> None:
+    """The commit's part that reads the records (:func:`ppdb_lc.shards._record_statuses`), on a changes job's output."""
+    from ppdb_lc import shards as shard_jobs
+    from ppdb_lc import updates
+
+    layout = shard_jobs.Layout(out)
+    summary = json.loads((layout.changes / "summary.json").read_text())
+    start, cpu0 = time.time(), time.process_time()
+    found = updates.FoundTargets.of(pq.read_table(layout.changes / shard_jobs.FOUND_FILE))
+    tally = shard_jobs._record_statuses(layout.changes / shard_jobs.RECORDS_FILE, found, summary["pending_before"],
+                                        out, window)
+    hwm = next(int(line.split()[1]) for line in open("/proc/self/status") if line.startswith("VmHWM")) / 1024
+    print(json.dumps({"peak_mb": round(hwm, 1), "cpu_s": round(time.process_time() - cpu0, 1),
+                      "wall_s": round(time.time() - start, 1),
+                      "applied": sum(tally[updates.APPLIED].values())}))
 
 
 def main() -> None:
@@ -128,9 +141,13 @@ def main() -> None:
     parser.add_argument("--shards", type=int, default=35, help="ingest shards of the night (as the plan's)")
     parser.add_argument("--scratch", type=Path, default=Path("/tmp/changes_records"))
     parser.add_argument("--child", type=Path, default=None, help=argparse.SUPPRESS)
+    parser.add_argument("--statuses-child", type=Path, default=None, help=argparse.SUPPRESS)
     args = parser.parse_args()
+    if args.statuses_child is not None:
+        statuses_child(args.statuses_child, 50_000)
+        return
     if args.child is not None:
-        child(args.root, args.version, args.night, args.child, args.shards, args.scratch / args.child.stem)
+        child(args.root, args.version, args.night, args.child, args.shards, args.scratch / args.child.parent.name)
         return
     import yaml
 
@@ -140,9 +157,11 @@ def main() -> None:
     catalog = args.root / "coll" / "versions" / args.version / names.catalog
     args.scratch.mkdir(parents=True, exist_ok=True)
     print(f"changes job of night {args.night} on {args.root} ({args.version}), {args.shards} shards")
-    print(f"{'records':>9} {'peak MB':>8} {'CPU s':>7} {'wall s':>7} {'files':>6} {'moved':>8}")
+    print(f"{'records':>9} {'peak MB':>8} {'CPU s':>7} {'wall s':>7} {'files':>6} {'moved':>8}   "
+          f"commit's statuses: {'peak MB':>8} {'CPU s':>7} {'applied':>8}")
     for count in args.records:
-        records_file = args.scratch / f"records-{count}.parquet"  # written here: the job only reads them
+        records_file = args.scratch / f"records-{count}" / f"{args.night}.parquet"  # the job only reads them
+        records_file.parent.mkdir(parents=True, exist_ok=True)
         pq.write_table(synthetic_records(catalog, count, chunk=2**40), records_file)  # chunk after every row
         out = subprocess.run([sys.executable, __file__, "--root", str(args.root), "--version", args.version,
                               "--night", args.night, "--shards", str(args.shards), "--scratch", str(args.scratch),
@@ -151,8 +170,15 @@ def main() -> None:
             print(out.stderr[-3000:])
             raise SystemExit(out.returncode)
         r = json.loads(out.stdout.strip().splitlines()[-1])
+        status = subprocess.run([sys.executable, __file__, "--root", str(args.root), "--version", args.version,
+                                 "--night", args.night, "--statuses-child", str(args.scratch / records_file.parent.name)],
+                                capture_output=True, text=True, cwd=REPO)
+        if status.returncode:
+            print(status.stderr[-3000:])
+            raise SystemExit(status.returncode)
+        c = json.loads(status.stdout.strip().splitlines()[-1])
         print(f"{r['records']:>9} {r['peak_mb']:>8} {r['cpu_s']:>7} {r['wall_s']:>7} {r['files_rewritten']:>6} "
-              f"{r['moved']:>8}", flush=True)
+              f"{r['moved']:>8}   {'':>18} {c['peak_mb']:>8} {c['cpu_s']:>7} {c['applied']:>8}", flush=True)
 
 
 if __name__ == "__main__":

@@ -89,6 +89,18 @@ def test_bad_records_name_chunk_record_and_reason(bad, message):
     assert message in text and "/x/1614600000/updates.parquet record 1" in text and "update_order=1" in text
 
 
+def test_records_parsed_in_slices(monkeypatch):
+    """Records are parsed a slice at a time: the same table as at once, and an error names the record's position in
+    the file, not in its slice."""
+    records = eight_records()
+    whole = updates.parse_records(records, "fixture")
+    monkeypatch.setattr(updates, "PARSE_RECORDS", 3)
+    assert updates.parse_records(records, "fixture").equals(whole)
+    bad = pa.concat_tables([records, transport([(T0, 9, "{not json")])])
+    with pytest.raises(updates.BadUpdateError, match=r"fixture record 8 \(update_time_ns=\d+, update_order=9\)"):
+        updates.parse_records(bad, "fixture")
+
+
 def test_all_three_file_names(tmp_path):
     table = eight_records()
     pq.write_table(table, tmp_path / "updates.parquet")
@@ -205,10 +217,18 @@ def test_each_shard_gets_every_record_of_the_rows_it_holds():
             shard_set = {of(key)}
         for k in shard_set:
             want[k].add(i)
-    got = shards._records_per_shard(records, night, n)
-    assert [sorted(g.tolist()) for g in got] == [sorted(want[k]) for k in range(n)]
-    assert all(np.all(np.diff(g) > 0) for g in got)  # in the records' order
-    assert shards._records_per_shard(records, None, 1)[0].tolist() == [
+    # the records come a batch at a time (the shards' targets from all of them): the same shares for any batch size
+    for size in (1, 3, 8):
+        batches = [records.slice(start, size) for start in range(0, records.num_rows, size)]
+        where = shards._reassigned_shards(batches, night, n)
+        got: dict[int, list[int]] = {k: [] for k in range(n)}
+        for start, part in zip(range(0, records.num_rows, size), batches, strict=True):
+            for k, rows in enumerate(shards._records_per_shard(part, where, n)):
+                got[k] += (rows + start).tolist()
+        assert [sorted(got[k]) for k in range(n)] == [sorted(want[k]) for k in range(n)], size
+        assert all(got[k] == sorted(got[k]) for k in range(n))  # in the records' order
+    none = shards._reassigned_shards([records], None, 1)
+    assert shards._records_per_shard(records, none, 1)[0].tolist() == [
         i for i, (key, _) in enumerate(targets) if key not in (100001, 100002, 100003)]
 
 

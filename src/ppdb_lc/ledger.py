@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import csv
 import os
+import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -160,6 +161,16 @@ def write_records(path: Path, records: pa.Table) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(".tmp")
     pq.write_table(records, tmp, compression="zstd")
+    path.unlink(missing_ok=True)
+    os.replace(tmp, path)
+
+
+def copy_records(source: Path, path: Path) -> None:
+    """Copy a record file as a new file (never through a hard link shared with an older version), whatever its
+    size: bytes, not rows."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp")
+    shutil.copyfile(source, tmp)
     path.unlink(missing_ok=True)
     os.replace(tmp, path)
 

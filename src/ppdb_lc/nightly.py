@@ -29,7 +29,7 @@ from hats.io.validation import is_valid_catalog
 from hats.pixel_math import HealpixPixel
 
 from ppdb_lc import catalog, collection, faults, lightcurves, shards
-from ppdb_lc.ledger import PENDING_PATH, UPDATE_LOG, Batch, entries_for, read_ledger, write_ledger, write_records
+from ppdb_lc.ledger import PENDING_PATH, UPDATE_LOG, Batch, copy_records, entries_for, read_ledger, write_ledger
 from ppdb_lc.settings import Settings
 from ppdb_lc.versions import CollectionStateError, VersionedCollection
 
@@ -147,8 +147,8 @@ def commit_batch(batch: Batch, build_dir: Path, settings: Settings) -> dict:
         _link_tree(layout.writer(writer) / "index", staged / names.index / "dataset" / "index")
     _link_tree(layout.changes / "rewrite" / "catalog", staged / names.catalog, replace=True)
     _link_tree(layout.changes / "rewrite" / "margin", staged / names.margin, replace=True)
-    write_records(staged / UPDATE_LOG / f"{batch.name}.parquet", pq.read_table(build_dir / "updates.parquet"))
-    write_records(staged / PENDING_PATH, pq.read_table(build_dir / "pending_updates.parquet"))
+    copy_records(build_dir / "updates.parquet", staged / UPDATE_LOG / f"{batch.name}.parquet")
+    copy_records(build_dir / "pending_updates.parquet", staged / PENDING_PATH)
     _update_main_catalog(staged / names.catalog, summary, build_dir, settings, schema)
     _update_margin(staged / names.margin, summary)
     collection.update_index_metadata(staged / names.index, names)

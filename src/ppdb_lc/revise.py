@@ -50,8 +50,9 @@ _KEYS = ["diaObjectId", CHUNK, "diaSource.diaSourceId", "diaSource." + CHUNK, "d
 class Lookups:
     """What to look for in the collection, each with an approximate position (``ra``, ``dec``)."""
 
-    #: update records (:data:`updates.RECORD_SCHEMA`, any order: :func:`updates.reduce` orders them)
-    records: pa.Table
+    #: a file of update records (:data:`updates.RECORD_SCHEMA`, any order: :func:`updates.reduce` orders them), read
+    #: a batch at a time
+    records: Path
     #: re-emission candidates of the night: key columns, chunk, ra, dec (DiaSource / DiaForcedSource)
     sources: pd.DataFrame = field(default_factory=pd.DataFrame)
     forced: pd.DataFrame = field(default_factory=pd.DataFrame)
@@ -66,10 +67,11 @@ class Revision:
     kept_forced: set[tuple[int, int, int]] = field(default_factory=set)
     replaced_sources: set[int] = field(default_factory=set)
     replaced_forced: set[tuple[int, int, int]] = field(default_factory=set)
-    #: record targets found in the collection (objects: smallest version chunk seen)
-    found_sources: set[int] = field(default_factory=set)
-    found_forced: set[tuple[int, int, int]] = field(default_factory=set)
-    found_objects: dict[int, int] = field(default_factory=dict)
+    #: record targets found in the collection, as arrays per part searched (8 bytes a target, not a Python object):
+    #: source ids, (diaObjectId, visit, detector) rows, objects and the version chunk of each row found
+    found_sources: list[np.ndarray] = field(default_factory=list)
+    found_forced: list[np.ndarray] = field(default_factory=list)
+    found_objects: list[tuple[np.ndarray, np.ndarray]] = field(default_factory=list)
     #: points taken out of their rows (written as flat DiaSource rows with their new diaObjectId, null for an
     #: SSObject, to ``revise``'s ``out_moved``): to another DiaObject, to an SSObject
     moved: int = 0
@@ -82,7 +84,11 @@ class Revision:
     files_scanned: int = 0
 
     def found(self) -> pa.Table:
-        return updates.found_table(self.found_sources, self.found_forced, self.found_objects)
+        empty = np.empty(0, np.int64)
+        return updates.found_arrays(np.concatenate([empty, *self.found_sources]),
+                                    np.concatenate([empty.reshape(0, 3), *self.found_forced]),
+                                    np.concatenate([empty, *(ids for ids, _ in self.found_objects)]),
+                                    np.concatenate([empty, *(chunks for _, chunks in self.found_objects)]))
 
 
 def candidate_slots(ra: np.ndarray, dec: np.ndarray, pixels: Sequence[HealpixPixel], order: int,
@@ -111,13 +117,34 @@ def candidate_pixels(ra: np.ndarray, dec: np.ndarray, pixels: Sequence[HealpixPi
 _TABLE_CODES = {"DiaSource": 0, "DiaForcedSource": 1, "DiaObject": 2}
 
 
+def _target_ids(code: np.ndarray, first: np.ndarray, forced_rest: np.ndarray) -> np.ndarray:
+    """A number per distinct target (table code and key) of each position: ``first`` is the key's first part,
+    ``forced_rest`` the (visit, detector) of the forced-source positions, in order. Sorting ids, not frames."""
+    target = np.empty(len(code), np.int64)
+    offset = 0
+    for table, number in _TABLE_CODES.items():
+        at = np.flatnonzero(code == number)
+        if not len(at):
+            continue
+        if table == "DiaForcedSource":
+            keys = np.column_stack([first[at], forced_rest])
+            _, inverse = np.unique(keys, axis=0, return_inverse=True)
+        else:
+            _, inverse = np.unique(first[at], return_inverse=True)
+        inverse = inverse.reshape(-1)
+        target[at] = inverse + offset
+        offset += int(inverse.max()) + 1
+    return target
+
+
 @dataclass(frozen=True)
 class _Routing:
     """Which targets each sky region looks for. A target (a record's, or a re-emitted row's key) goes to every
     region holding one of its candidate pixels (from every position it comes with), with all its records: in each
     region its net effect is the whole's, and its row (in one of those pixels) is revised by the region holding
     that pixel. A region is a run of consecutive pixels with at most ``limit`` (target, pixel) pairs (a single
-    pixel may hold more), so a region's records and effects are bounded, not the night's."""
+    pixel may hold more), so a region's records and effects are bounded, not the night's. The records are read from
+    their file a batch at a time, and split into one file per region (:meth:`split`)."""
 
     target: np.ndarray  # per position (records, then re-emitted sources, then forced sources): its target
     pairs: np.ndarray  # unique (target, slot) rows, sorted by slot
@@ -125,28 +152,37 @@ class _Routing:
     n_sources: int
 
     @staticmethod
-    def of(lookups: Lookups, pixels: Sequence[HealpixPixel], order: int) -> _Routing:
-        targets = updates.record_targets(lookups.records)
-        columns = {"table": targets["table"].map(_TABLE_CODES).to_numpy(np.int64), "k0": targets["k0"].to_numpy(),
-                   "k1": targets["k1"].to_numpy(), "k2": targets["k2"].to_numpy()}
-        ra = [lookups.records["ra"].to_numpy(zero_copy_only=False)]
-        dec = [lookups.records["dec"].to_numpy(zero_copy_only=False)]
-        for code, frame, key in ((0, lookups.sources, ["diaSourceId"]),
-                                 (1, lookups.forced, ["diaObjectId", "visit", "detector"])):
+    def of(lookups: Lookups, pixels: Sequence[HealpixPixel], order: int, batch: int) -> _Routing:
+        codes, first, forced_rest, ra, dec = [], [], [], [], []  # per position: table code, first key part
+        for records in updates.record_batches(lookups.records, batch):
+            targets = updates.record_targets(records)
+            code = targets["table"].map(_TABLE_CODES).to_numpy(np.int8)
+            codes.append(code)
+            first.append(targets["k0"].to_numpy(np.int64))
+            forced_rest.append(targets[["k1", "k2"]].to_numpy(np.int64)[code == _TABLE_CODES["DiaForcedSource"]])
+            ra.append(records["ra"].to_numpy(zero_copy_only=False))
+            dec.append(records["dec"].to_numpy(zero_copy_only=False))
+        n_records = sum(len(c) for c in codes)
+        for table, frame, key in (("DiaSource", lookups.sources, ["diaSourceId"]),
+                                  ("DiaForcedSource", lookups.forced, ["diaObjectId", "visit", "detector"])):
             if frame.empty:
                 continue
-            for i, name in enumerate(("k0", "k1", "k2")):
-                part = frame[key[i]].to_numpy(np.int64) if i < len(key) else np.full(len(frame), -1, np.int64)
-                columns[name] = np.concatenate([columns[name], part])
-            columns["table"] = np.concatenate([columns["table"], np.full(len(frame), code, np.int64)])
+            codes.append(np.full(len(frame), _TABLE_CODES[table], np.int8))
+            first.append(frame[key[0]].to_numpy(np.int64))
+            if len(key) == 3:
+                forced_rest.append(frame[key[1:]].to_numpy(np.int64))
             ra.append(frame["ra"].to_numpy(np.float64))
             dec.append(frame["dec"].to_numpy(np.float64))
-        target = pd.DataFrame(columns).groupby(list(columns), sort=False).ngroup().to_numpy(np.int64)
-        position, slot = candidate_slots(np.concatenate(ra), np.concatenate(dec), pixels, order)
+        target = _target_ids(np.concatenate([np.empty(0, np.int8), *codes]),
+                             np.concatenate([np.empty(0, np.int64), *first]),
+                             np.concatenate([np.empty((0, 2), np.int64), *forced_rest]))
+        del codes, first, forced_rest
+        position, slot = candidate_slots(np.concatenate([np.empty(0), *ra]), np.concatenate([np.empty(0), *dec]),
+                                         pixels, order)
         targets_n = int(target.max()) + 1 if len(target) else 1
         code = np.unique(slot * targets_n + target[position])  # one int64 per pair: by slot, then target
         pairs = np.stack([code % targets_n, code // targets_n], axis=1)
-        return _Routing(target, pairs, lookups.records.num_rows, len(lookups.sources))
+        return _Routing(target, pairs, n_records, len(lookups.sources))
 
     def regions(self, limit: int) -> list[tuple[int, int]]:
         """``[low, high)`` slot ranges, in order."""
@@ -162,16 +198,40 @@ class _Routing:
         out.append((start, int(slots[-1]) + 1))
         return out
 
-    def region(self, lookups: Lookups, low: int, high: int) -> tuple[Lookups, np.ndarray]:
-        """The lookups of the targets of slots ``[low, high)``, and those slots."""
+    def split(self, records: Path, regions: list[tuple[int, int]], batch: int, scratch: Path) -> list[Path]:
+        """Write the records of each region's targets to a file of its own (Arrow IPC), reading ``records`` a batch
+        at a time: a record goes to every region of its target."""
+        starts = np.array([low for low, _ in regions], dtype=np.int64)
+        region_of = np.searchsorted(starts, self.pairs[:, 1], side="right") - 1
+        by_target = np.unique(np.stack([self.pairs[:, 0], region_of], axis=1), axis=0)  # (target, region), sorted
+        scratch.mkdir(parents=True, exist_ok=True)
+        files = [scratch / f"region-{r:05d}.arrow" for r in range(len(regions))]
+        writers = [pa.ipc.new_file(str(f), updates.RECORD_SCHEMA) for f in files]
+        try:
+            offset = 0
+            for table in updates.record_batches(records, batch):
+                target = self.target[offset:offset + table.num_rows]
+                offset += table.num_rows
+                low = np.searchsorted(by_target[:, 0], target, side="left")
+                count = np.searchsorted(by_target[:, 0], target, side="right") - low
+                rows = np.repeat(np.arange(len(target)), count)
+                at = np.arange(count.sum()) - np.repeat(np.cumsum(count) - count, count) + np.repeat(low, count)
+                region = by_target[at, 1]
+                for r in np.unique(region):
+                    writers[int(r)].write_table(table.take(pa.array(rows[region == r])))
+        finally:
+            for writer in writers:
+                writer.close()
+        return files
+
+    def region(self, lookups: Lookups, low: int, high: int) -> tuple[pd.DataFrame, pd.DataFrame, np.ndarray]:
+        """The re-emitted rows of the targets of slots ``[low, high)`` (sources, forced sources), and those slots."""
         inside = (self.pairs[:, 1] >= low) & (self.pairs[:, 1] < high)
-        mine = np.isin(self.target, self.pairs[inside, 0])
         r, s = self.n_records, self.n_sources
-        pick = np.flatnonzero(mine[:r])
-        region = Lookups(lookups.records.take(pa.array(pick, pa.int64())),
-                         lookups.sources[mine[r:r + s]] if s else lookups.sources,
-                         lookups.forced[mine[r + s:]] if not lookups.forced.empty else lookups.forced)
-        return region, np.unique(self.pairs[inside, 1])
+        mine = np.isin(self.target[r:], self.pairs[inside, 0])
+        return (lookups.sources[mine[:s]] if s else lookups.sources,
+                lookups.forced[mine[s:]] if not lookups.forced.empty else lookups.forced,
+                np.unique(self.pairs[inside, 1]))
 
 
 def _keys_of(table: pa.Table) -> dict[str, np.ndarray]:
@@ -224,7 +284,7 @@ class _Wanted:
     objects: np.ndarray
 
     @staticmethod
-    def of(eff: Effects, lookups: Lookups) -> _Wanted:
+    def of(eff: Effects, night_sources: pd.DataFrame, night_forced: pd.DataFrame) -> _Wanted:
 
         def table(effect_keys: pd.DataFrame, night: pd.DataFrame, key: list[str]) -> pd.DataFrame:
             parts = [effect_keys[key].astype(np.int64).assign(night_chunk=_NOT_RE_EMITTED, effect=True)]
@@ -235,8 +295,8 @@ class _Wanted:
             return both.groupby(key, sort=False).agg(night_chunk=("night_chunk", "max"),
                                                      effect=("effect", "any")).reset_index()
 
-        sources = table(pd.DataFrame({"diaSourceId": eff.source_ids()}), lookups.sources, ["diaSourceId"])
-        forced = table(eff.forced, lookups.forced, ["diaObjectId", "visit", "detector"])
+        sources = table(pd.DataFrame({"diaSourceId": eff.source_ids()}), night_sources, ["diaSourceId"])
+        forced = table(eff.forced, night_forced, ["diaObjectId", "visit", "detector"])
         return _Wanted(sources, forced, np.asarray(eff.object_ids(), dtype=np.int64))
 
     def find(self, keys: dict[str, np.ndarray], result: Revision) -> tuple[bool, set[int]]:
@@ -264,18 +324,19 @@ class _Wanted:
                 remove.update(ids[replaced].tolist())
                 result.replaced_sources.update(ids[replaced].tolist())
                 result.kept_sources.update(ids[re_emitted & ~replaced].tolist())
-                result.found_sources.update(ids[found].tolist())
+                result.found_sources.append(ids[found])
             else:
                 triples = hit[["diaObjectId", "visit", "detector"]].to_numpy(np.int64)
                 result.replaced_forced.update(map(tuple, triples[replaced].tolist()))
                 result.kept_forced.update(map(tuple, triples[re_emitted & ~replaced].tolist()))
-                result.found_forced.update(map(tuple, triples[found].tolist()))
+                result.found_forced.append(triples[found])
         rows = np.flatnonzero(np.isin(keys["diaObjectId"], self.objects)) if len(self.objects) else []
         if len(rows):
             touches = True
-            for oid, chunk in zip(keys["diaObjectId"][rows].tolist(), keys["chunk"][rows].tolist(), strict=True):
-                if chunk >= 0:
-                    result.found_objects[oid] = min(chunk, result.found_objects.get(oid, chunk))
+            chunks = keys["chunk"][rows]
+            versions = chunks >= 0  # rows without a version (orphans) do not count as the object found
+            result.found_objects.append((keys["diaObjectId"][rows][versions].astype(np.int64),
+                                         chunks[versions].astype(np.int64)))
         return touches, remove
 
 
@@ -293,17 +354,20 @@ def revise(base_catalog: Path, pixels: Sequence[HealpixPixel], lookups: Lookups,
     holds years of points). The new border rows of rewritten files wait in scratch files next to ``out_margin``
     until their margin files are rewritten, and moved points are written as they are found."""
     result = Revision()
-    routing = _Routing.of(lookups, pixels, margin_order)
+    routing = _Routing.of(lookups, pixels, margin_order, points_per_part)
     regions = routing.regions(points_per_part)
     changes: dict[str, dict[int, _MarginChange]] = defaultdict(lambda: defaultdict(_MarginChange))
     scratch = out_margin.parent / "border_rows"
+    region_records = routing.split(lookups.records, regions, points_per_part, out_margin.parent / "regions")
     moved = _MovedPoints(out_moved, result)
     try:
-        for low, high in regions:
-            region, slots = routing.region(lookups, low, high)
-            effects = updates.reduce(region.records)
+        for (low, high), records in zip(regions, region_records, strict=True):
+            sources, forced, slots = routing.region(lookups, low, high)
+            with pa.ipc.open_file(str(records)) as reader:
+                effects = updates.reduce(reader.read_all())
+            records.unlink()
             plans = _files_with_targets(base_catalog, [pixels[int(s)] for s in slots],
-                                        _Wanted.of(effects, region), result, points_per_part)
+                                        _Wanted.of(effects, sources, forced), result, points_per_part)
             for path, (pixel, remove) in plans.items():
                 _rewrite_file(path, pixel, remove, effects, base_catalog, pixels, margin_order, out_catalog, schema,
                               points_per_part, changes, scratch, moved, result)
@@ -314,6 +378,7 @@ def revise(base_catalog: Path, pixels: Sequence[HealpixPixel], lookups: Lookups,
              result.files_scanned, len(result.files_rewritten))
     _revise_margins(changes, pixels, margin_dir, out_margin, margin_schema, result, points_per_part)
     shutil.rmtree(scratch, ignore_errors=True)
+    shutil.rmtree(out_margin.parent / "regions", ignore_errors=True)
     return result
 
 

@@ -27,11 +27,13 @@ row for row, file for file (the index is written as one file per writer).
 
 from __future__ import annotations
 
+import collections
 import json
 import logging
+import os
 import shutil
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -47,7 +49,7 @@ from hats.pixel_math import HealpixPixel
 from hats.pixel_math.spatial_index import SPATIAL_INDEX_COLUMN, spatial_index_to_healpix
 
 from ppdb_lc import apdb, catalog, collection, faults, lightcurves, margins, partitioning, postprocess, revise, stage, updates
-from ppdb_lc.ledger import Batch, last_store_time, read_ledger, read_pending, update_history, write_records
+from ppdb_lc.ledger import PENDING_PATH, Batch, last_store_time, read_ledger, update_history, write_records
 from ppdb_lc.settings import Settings
 from ppdb_lc.versions import CollectionStateError, VersionedCollection
 
@@ -258,16 +260,36 @@ class RowReader:
         return table.filter(pa.array(np.isin(offset, wanted)))
 
 
-def _source_targets(records: pa.Table) -> np.ndarray:
+RECORDS_FILE = "all_records.parquet"  #: the changes job's copy of the night's update records, pending ones first
+
+
+def _copy_records(sources: Sequence[Path], target: Path, batch: int) -> list[int]:
+    """Copy the records of ``sources`` (those that exist) into one file, ``batch`` at a time; the count of each."""
+    counts = []
+    with pq.ParquetWriter(target, updates.RECORD_SCHEMA, compression="zstd") as writer:
+        for source in sources:
+            counts.append(0)
+            if not source.exists():
+                continue
+            for records in updates.record_batches(source, batch):
+                writer.write_table(records)
+                counts[-1] += records.num_rows
+    return counts
+
+
+def _source_targets(batches: Iterable[pa.Table]) -> np.ndarray:
     """The diaSourceIds that DiaSource records target (sorted, unique)."""
-    targets = updates.record_targets(records)
-    return np.unique(targets.loc[targets["table"] == "DiaSource", "k0"].to_numpy(np.int64))
+    ids = [np.empty(0, np.int64)]
+    for records in batches:
+        targets = updates.record_targets(records)
+        ids.append(np.unique(targets.loc[targets["table"] == "DiaSource", "k0"].to_numpy(np.int64)))
+    return np.unique(np.concatenate(ids))
 
 
-def _reassigned_rows(parts: Sequence[Path], night: str, records: pa.Table) -> pa.Table | None:
-    """The night's DiaSource rows targeted by source records (they may change object, so shard), with their
-    ``_part`` and ``_row``; only the row groups holding them are read."""
-    wanted = pa.array(_source_targets(records), pa.int64())
+def _reassigned_rows(parts: Sequence[Path], night: str, source_ids: np.ndarray) -> pa.Table | None:
+    """The night's DiaSource rows targeted by source records (``source_ids``: they may change object, so shard),
+    with their ``_part`` and ``_row``; only the row groups holding them are read."""
+    wanted = pa.array(source_ids, pa.int64())
     if not len(wanted):
         return None
     found = []
@@ -284,31 +306,42 @@ def _reassigned_rows(parts: Sequence[Path], night: str, records: pa.Table) -> pa
     return pa.concat_tables(found) if found else None
 
 
-def _records_per_shard(records: pa.Table, reassigned: pa.Table | None, shards: int) -> list[np.ndarray]:
+def _reassigned_shards(batches: Iterable[pa.Table], reassigned: pa.Table | None, shards: int) -> pd.DataFrame:
+    """Where the records of the night's targeted DiaSource rows go (``k0`` = diaSourceId, ``_shard``): the shards
+    of the row's object before and after the records (their net effect: the records of these rows only)."""
+    where = pd.DataFrame({"k0": np.empty(0, np.int64), "_shard": np.empty(0, np.int64)})
+    if reassigned is None or not reassigned.num_rows:
+        return where
+    rows = pd.DataFrame({"diaSourceId": reassigned["diaSourceId"].to_numpy(),
+                         "before": stage.shard_of(reassigned["diaObjectId"], shards)})
+    ids = pa.array(np.unique(rows["diaSourceId"].to_numpy()), pa.int64())
+    theirs = [updates.empty_records()]
+    for records in batches:
+        is_source = pa.array((updates.record_targets(records)["table"] == "DiaSource").to_numpy())
+        theirs.append(records.filter(pc.and_(is_source, pc.is_in(records["diaSourceId"], ids))))
+    effects = updates.reduce(pa.concat_tables(theirs))
+    owner = rows[["diaSourceId"]].merge(effects.sources[["diaSourceId", "diaObjectId", "diaObjectId__set"]],
+                                        on="diaSourceId", how="left")
+    moves = owner["diaObjectId__set"].fillna(False).astype(bool).to_numpy()
+    new_owner = pa.array([updates._py(o) for o in owner["diaObjectId"].to_numpy(dtype=object)[moves]], pa.int64())
+    rows["after"] = rows["before"].to_numpy()
+    rows.loc[moves, "after"] = stage.shard_of(new_owner, shards)
+    return pd.concat([rows[["diaSourceId", "before"]].set_axis(["k0", "_shard"], axis=1),
+                      rows[["diaSourceId", "after"]].set_axis(["k0", "_shard"], axis=1)]).drop_duplicates()
+
+
+def _records_per_shard(records: pa.Table, where: pd.DataFrame, shards: int) -> list[np.ndarray]:
     """Positions (in order) of the records each shard needs, so that the records it reduces give, for every row it
     holds, the same net effect as all of them (last write wins per target: every record of a target goes along):
     object and forced-source records go to the shard of their ``diaObjectId``; a DiaSource record to the shards of
-    the night's copies of its target, before and after the records (it may move the point to another object's
-    shard). A record whose target is not among the night's rows is the changes job's alone (:func:`revise`)."""
+    the night's copies of its target before and after the records (``where``, :func:`_reassigned_shards`: it may
+    move the point to another object's shard). A record whose target is not among the night's rows is the changes
+    job's alone (:func:`revise`)."""
     targets = updates.record_targets(records)
     is_source = (targets["table"] == "DiaSource").to_numpy()
     shard = stage.shard_of(pa.array(targets["k0"].to_numpy()), shards)  # k0: diaObjectId unless a source record
     pairs = [pd.DataFrame({"_record": np.flatnonzero(~is_source), "_shard": shard[~is_source]})]
-    if reassigned is not None and reassigned.num_rows and is_source.any():
-        rows = pd.DataFrame({"diaSourceId": reassigned["diaSourceId"].to_numpy(),
-                             "before": stage.shard_of(reassigned["diaObjectId"], shards)})
-        # the net effect of the records of these rows only (their new owner)
-        ids = pa.array(np.unique(rows["diaSourceId"].to_numpy()), pa.int64())
-        effects = updates.reduce(records.filter(pc.and_(pa.array(is_source), pc.is_in(records["diaSourceId"], ids))))
-        owner = rows[["diaSourceId"]].merge(effects.sources[["diaSourceId", "diaObjectId", "diaObjectId__set"]],
-                                            on="diaSourceId", how="left")
-        moves = owner["diaObjectId__set"].fillna(False).astype(bool).to_numpy()
-        new_owner = pa.array([updates._py(o) for o in owner["diaObjectId"].to_numpy(dtype=object)[moves]],
-                             pa.int64())
-        rows["after"] = rows["before"].to_numpy()
-        rows.loc[moves, "after"] = stage.shard_of(new_owner, shards)
-        where = pd.concat([rows[["diaSourceId", "before"]].set_axis(["k0", "_shard"], axis=1),
-                           rows[["diaSourceId", "after"]].set_axis(["k0", "_shard"], axis=1)]).drop_duplicates()
+    if not where.empty and is_source.any():
         source_records = pd.DataFrame({"k0": targets["k0"].to_numpy()[is_source], "_record": np.flatnonzero(is_source)})
         pairs.append(source_records.merge(where, on="k0")[["_record", "_shard"]])
     both = pd.concat(pairs, ignore_index=True).drop_duplicates()
@@ -354,9 +387,13 @@ def build_changes(batch: Batch, staged: dict[str, list[Path]], layout: Layout, s
     margin_props = TableProperties.read_from_dir(base / names.margin)
     morder = margins.margin_order(float(margin_props.margin_threshold), existing)
 
-    records = stage.read_staged(staged[stage.UPDATES], batch.night, stage.UPDATES)
-    pending_before = read_pending(base)
-    all_records = pa.concat_tables([pending_before, records])  # pending first: status[len(pending):] is the night's
+    # the records, pending first (status[pending_before:] is the night's), copied a window at a time into one file
+    # that every later step reads in batches: the night's records are never held at once
+    window = window_points(settings)
+    all_records = out / RECORDS_FILE
+    night_files = [path for _, path in _staged_files(staged[stage.UPDATES], batch.night)]
+    counts = _copy_records([base / PENDING_PATH, *night_files], all_records, window)
+    pending_before, n_records = counts[0], sum(counts)
     losers = _cross_part_losers(staged["DiaSource"], batch.night, out / "source_ids",
                                 settings.rows_per_ingest_job)
     horizon = last_store_time(read_ledger(base))
@@ -367,7 +404,7 @@ def build_changes(batch: Batch, staged: dict[str, list[Path]], layout: Layout, s
             old[dataset] = _old_rows(staged[dataset], batch.night, dataset, limit, losers)
     lookups = revise.Lookups(all_records, old["DiaSource"], old["DiaForcedSource"])
     revision = revise.Revision()
-    if all_records.num_rows or not old["DiaSource"].empty or not old["DiaForcedSource"].empty:
+    if n_records or not old["DiaSource"].empty or not old["DiaForcedSource"].empty:
         revision = revise.revise(
             base_catalog, existing, lookups, margin_dir=base / names.margin, margin_order=morder,
             out_catalog=out / "rewrite" / "catalog", out_margin=out / "rewrite" / "margin",
@@ -376,27 +413,36 @@ def build_changes(batch: Batch, staged: dict[str, list[Path]], layout: Layout, s
             points_per_part=window_points(settings),
         )
     # records that changed a replaced committed copy apply again to the night's (earlier) copy
-    applied = all_records
+    history = updates.empty_records()
     if revision.replaced_sources or revision.replaced_forced:
         history = update_history(base, revision.replaced_sources, revision.replaced_forced)
+
+    def applied() -> Iterator[pa.Table]:
+        yield from updates.record_batches(all_records, window)
         if history.num_rows:
-            applied = pa.concat_tables([all_records, history])
-    write_records(out / "applied_records.parquet", applied)
-    write_records(out / "all_records.parquet", all_records)
-    write_records(out / "night_records.parquet", records)
+            yield history
     pq.write_table(pa.Table.from_pandas(losers, preserve_index=False), out / "cross_part_losers.parquet")
     pq.write_table(pa.table({"diaSourceId": pa.array(sorted(revision.kept_sources), pa.int64())}),
                    out / "kept_sources.parquet")
     kept_forced = pd.DataFrame(sorted(revision.kept_forced), columns=list(apdb.ROW_KEY["DiaForcedSource"]),
                                dtype=np.int64)
     pq.write_table(pa.Table.from_pandas(kept_forced, preserve_index=False), out / "kept_forced.parquet")
-    reassigned = _reassigned_rows(staged["DiaSource"], batch.night, applied)
+    reassigned = _reassigned_rows(staged["DiaSource"], batch.night, _source_targets(applied()))
     if reassigned is not None:
         pq.write_table(reassigned, out / "reassigned_sources.parquet")
     # what each shard needs of the records and of the moved points: its share, not the night's
-    needs = _records_per_shard(applied, reassigned, shards)
-    for k in range(shards):
-        write_records(layout.shard_records(k), applied.take(pa.array(needs[k], pa.int64())))
+    where = _reassigned_shards(applied(), reassigned, shards)
+    layout.shard_records(0).parent.mkdir(parents=True, exist_ok=True)
+    writers = [pq.ParquetWriter(layout.shard_records(k), updates.RECORD_SCHEMA, compression="zstd")
+               for k in range(shards)]
+    try:
+        for records in applied():
+            for k, rows in enumerate(_records_per_shard(records, where, shards)):
+                if len(rows):
+                    writers[k].write_table(records.take(pa.array(rows, pa.int64())))
+    finally:
+        for writer in writers:
+            writer.close()
     _split_moved(out / "moved_sources.arrow", shards, layout, schema)
     dropped = (np.concatenate(revision.dropped_healpix29) if revision.dropped_healpix29
                else np.empty(0, np.int64))
@@ -404,7 +450,7 @@ def build_changes(batch: Batch, staged: dict[str, list[Path]], layout: Layout, s
     summary = {
         "base_version": base.name,
         "shards": shards,
-        "pending_before": pending_before.num_rows,
+        "pending_before": pending_before,
         "re_emitted_in_parts": {ds: sum(_re_emitted(p) for _, p in _staged_files(staged[ds], batch.night))
                                 for ds in ("DiaSource", "DiaForcedSource")},
         "cross_part_source_copies": len(losers),
@@ -422,7 +468,7 @@ def build_changes(batch: Batch, staged: dict[str, list[Path]], layout: Layout, s
     }
     _write_json(out / "summary.json", summary)
     log.info("changes of %s: %d records (%d pending before), %d files rewritten, %d re-emitted copies across "
-             "staging parts, %d reassigned night rows", batch.name, all_records.num_rows, pending_before.num_rows,
+             "staging parts, %d reassigned night rows", batch.name, n_records, pending_before,
              len(revision.files_rewritten), len(losers), 0 if reassigned is None else reassigned.num_rows)
     return summary
 
@@ -759,6 +805,31 @@ def _pixel_key(pixel: HealpixPixel) -> list[int]:
     return [int(pixel.order), int(pixel.pixel)]
 
 
+def _record_statuses(records_file: Path, found: updates.FoundTargets, pending_before: int, build: Path,
+                     batch: int) -> dict[str, dict[str, int]]:
+    """Statuses of the records (pending ones first, then the night's), a batch at a time: the night's update log
+    (its records with their status) and the records still pending, written into ``build``; counts by type."""
+    tally: dict[str, collections.Counter] = {k: collections.Counter() for k in
+                                             ("received", updates.APPLIED, updates.SUPERSEDED, updates.PENDING)}
+    log_schema = updates.RECORD_SCHEMA.append(pa.field("status", pa.string()))
+    log_tmp, still_pending, position = build / "updates.parquet.tmp", [updates.empty_records()], 0
+    with pq.ParquetWriter(log_tmp, log_schema, compression="zstd") as log_writer:
+        for records in updates.record_batches(records_file, batch):
+            status = updates.statuses(records, found)
+            night = max(0, pending_before - position)  # the first of this batch's rows that is the night's
+            position += records.num_rows
+            for name in (updates.APPLIED, updates.SUPERSEDED, updates.PENDING):
+                tally[name].update(updates.counts_by_type(records, status == name))
+            tally["received"].update(updates.counts_by_type(records.slice(night)))
+            if night < records.num_rows:
+                log_writer.write_table(records.slice(night).append_column(
+                    "status", pa.array(status[night:].tolist(), pa.string())))
+            still_pending.append(records.filter(pa.array(status == updates.PENDING)))
+    os.replace(log_tmp, build / "updates.parquet")
+    write_records(build / "pending_updates.parquet", updates.in_order(pa.concat_tables(still_pending)))
+    return {name: dict(sorted(counter.items())) for name, counter in tally.items()}
+
+
 def assemble(batch: Batch, layout: Layout, settings: Settings, writers: int, started: float) -> dict:
     """Gather the jobs' outputs into the build's ``summary.json``, ``histogram.npy``, night update log and pending
     records (what :func:`ppdb_lc.nightly.commit_batch` reads); return the summary."""
@@ -770,22 +841,17 @@ def assemble(batch: Batch, layout: Layout, settings: Settings, writers: int, sta
     writer_sums = [json.loads((layout.writer(j) / "summary.json").read_text()) for j in range(writers)]
     night = night_pixels(layout, shards, settings, base)
 
-    all_records = pq.read_table(layout.changes / "all_records.parquet")
-    records = pq.read_table(layout.changes / "night_records.parquet")
     jobs = (layout.changes, *(layout.shard(k) for k in range(shards)))
-    found = pa.concat_tables([pq.read_table(job / FOUND_FILE) for job in jobs])
-    status = updates.statuses(all_records, found)
-    still_pending = updates.in_order(all_records.filter(pa.array(status == updates.PENDING)))
+    found = updates.FoundTargets.of(pa.concat_tables([pq.read_table(job / FOUND_FILE) for job in jobs]))
     pending_before = int(changes["pending_before"])
-    log_table = records.append_column("status", pa.array(status[pending_before:].tolist(), pa.string()))
-    write_records(layout.build / "updates.parquet", log_table)
-    write_records(layout.build / "pending_updates.parquet", still_pending)
+    tally = _record_statuses(layout.changes / RECORDS_FILE, found, pending_before, layout.build,
+                             window_points(settings))
     counts = {
-        "records_received": updates.counts_by_type(records),
+        "records_received": tally["received"],
         "records_pending_before": pending_before,
-        "records_applied": updates.counts_by_type(all_records, status == updates.APPLIED),
-        "records_superseded": updates.counts_by_type(all_records, status == updates.SUPERSEDED),
-        "records_pending": updates.counts_by_type(all_records, status == updates.PENDING),
+        "records_applied": tally[updates.APPLIED],
+        "records_superseded": tally[updates.SUPERSEDED],
+        "records_pending": tally[updates.PENDING],
         "sources_moved_from_committed_rows": changes["moved"],
         "sources_reassigned_to_ssobjects_committed": changes["moved_to_ssobjects"],
         "re_emitted_sources_already_committed": changes["kept_sources"],

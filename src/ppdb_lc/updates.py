@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import json
 import logging
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -153,12 +153,24 @@ def _typed(name: str, value: object, where: str) -> object:
     return float(value)
 
 
+#: Records parsed at once: a parsed JSON payload takes ~1 KB as Python objects, the normalized record ~140 bytes.
+PARSE_RECORDS = 50_000
+
+
 def parse_records(raw: pa.Table, where: str) -> pa.Table:
-    """Normalize transport rows into :data:`RECORD_SCHEMA`; raise :class:`BadUpdateError` naming the record."""
+    """Normalize transport rows into :data:`RECORD_SCHEMA`; raise :class:`BadUpdateError` naming the record.
+    Parsed :data:`PARSE_RECORDS` at a time, so memory is the normalized records' (Arrow), not their Python form."""
+    parts = [_parse_slice(raw.slice(start, PARSE_RECORDS), where, start)
+             for start in range(0, raw.num_rows, PARSE_RECORDS)]
+    return pa.concat_tables(parts) if parts else RECORD_SCHEMA.empty_table()
+
+
+def _parse_slice(raw: pa.Table, where: str, offset: int) -> pa.Table:
     columns: dict[str, list] = {name: [] for name in RECORD_SCHEMA.names}
     order = {name: raw[name].to_pylist() for name in ORDER_COLUMNS}
     for i, payload in enumerate(raw["json_payload"].to_pylist()):
-        at = f"{where} record {i} (update_time_ns={order['update_time_ns'][i]}, update_order={order['update_order'][i]})"
+        at = (f"{where} record {offset + i} (update_time_ns={order['update_time_ns'][i]}, "
+              f"update_order={order['update_order'][i]})")
         if any(order[name][i] is None for name in ORDER_COLUMNS):
             raise BadUpdateError(f"{at}: null {'/'.join(ORDER_COLUMNS)}")
         try:
@@ -188,6 +200,13 @@ def parse_records(raw: pa.Table, where: str) -> pa.Table:
 def read_update_file(path: Path, data: bytes | None = None) -> pa.Table:
     """Normalized records of one update file (``data``: its bytes, when the caller already read them)."""
     return parse_records(_raw_rows(Path(path), data), str(path))
+
+
+def record_batches(path: Path, size: int) -> Iterator[pa.Table]:
+    """The records of a file written with :data:`RECORD_SCHEMA`, ``size`` at a time, in file order."""
+    handle = pq.ParquetFile(path)
+    for batch in handle.iter_batches(batch_size=max(1, size)):
+        yield pa.Table.from_batches([batch]).select(RECORD_SCHEMA.names).cast(RECORD_SCHEMA)
 
 
 def in_order(records: pa.Table) -> pa.Table:
@@ -425,8 +444,12 @@ def record_targets(records: pa.Table) -> pd.DataFrame:
     def ints(name: str) -> np.ndarray:
         return pc.fill_null(records[name], -1).to_numpy().astype(np.int64)
 
-    table = pd.Series(records["update_type"].to_numpy(zero_copy_only=False)).map(
-        {name: spec.table for name, spec in RECORD_TYPES.items()})
+    kinds = list(RECORD_TYPES)
+    tables = np.array([RECORD_TYPES[kind].table for kind in kinds], dtype=object)  # three shared strings
+    kind = pc.fill_null(pc.index_in(records["update_type"], value_set=pa.array(kinds)), -1).to_numpy()
+    if (kind < 0).any():
+        raise BadUpdateError(f"unknown update_type in staged records: {set(records['update_type'].to_pylist()) - set(kinds)}")
+    table = pd.Series(tables[kind])
     is_source = (table == "DiaSource").to_numpy()
     return pd.DataFrame({
         "table": table,
@@ -447,42 +470,94 @@ FOUND_SCHEMA = pa.schema([pa.field("table", pa.string()), pa.field("k0", pa.int6
 
 def found_table(sources: Iterable[int], forced: Iterable[tuple[int, int, int]], objects: dict[int, int]) -> pa.Table:
     """Targets found (:data:`FOUND_SCHEMA`), from the sets a search collects."""
-    source_ids = np.fromiter(sources, np.int64)
-    triples = np.array(list(forced), dtype=np.int64).reshape(-1, 3)
-    object_ids = np.fromiter(objects.keys(), np.int64, count=len(objects))
-    chunks = np.fromiter(objects.values(), np.int64, count=len(objects))
-    none = np.full(len(source_ids), -1, np.int64)
+    return found_arrays(np.fromiter(sources, np.int64), np.array(list(forced), dtype=np.int64).reshape(-1, 3),
+                        np.fromiter(objects.keys(), np.int64, count=len(objects)),
+                        np.fromiter(objects.values(), np.int64, count=len(objects)))
+
+
+def found_arrays(source_ids: np.ndarray, forced: np.ndarray, object_ids: np.ndarray, object_chunks: np.ndarray
+                 ) -> pa.Table:
+    """Targets found (:data:`FOUND_SCHEMA`): DiaSource ids, (diaObjectId, visit, detector) rows, objects with the
+    version chunk they were found with (repeats allowed: :func:`statuses` keeps an object's smallest)."""
+    def none(n: int) -> np.ndarray:
+        return np.full(n, -1, np.int64)
+
+    forced = forced.reshape(-1, 3)
     return pa.table({
-        "table": pa.array(["DiaSource"] * len(source_ids) + ["DiaForcedSource"] * len(triples)
+        "table": pa.array(["DiaSource"] * len(source_ids) + ["DiaForcedSource"] * len(forced)
                           + ["DiaObject"] * len(object_ids), pa.string()),
-        "k0": np.concatenate([source_ids, triples[:, 0], object_ids]),
-        "k1": np.concatenate([none, triples[:, 1], np.full(len(object_ids), -1, np.int64)]),
-        "k2": np.concatenate([none, triples[:, 2], np.full(len(object_ids), -1, np.int64)]),
-        "chunk": np.concatenate([none, np.full(len(triples), -1, np.int64), chunks]),
+        "k0": np.concatenate([source_ids, forced[:, 0], object_ids]).astype(np.int64),
+        "k1": np.concatenate([none(len(source_ids)), forced[:, 1], none(len(object_ids))]).astype(np.int64),
+        "k2": np.concatenate([none(len(source_ids)), forced[:, 2], none(len(object_ids))]).astype(np.int64),
+        "chunk": np.concatenate([none(len(source_ids) + len(forced)), object_chunks]).astype(np.int64),
     }, schema=FOUND_SCHEMA)
 
 
-def statuses(records: pa.Table, found: pa.Table) -> np.ndarray:
+@dataclass(frozen=True)
+class FoundTargets:
+    """The targets found by any number of jobs (:data:`FOUND_SCHEMA` rows), as sorted key arrays (8 bytes a
+    target): an object found in several places keeps its smallest version chunk."""
+
+    sources: np.ndarray  # diaSourceIds, sorted, unique
+    forced: pd.MultiIndex  # (diaObjectId, visit, detector), unique
+    objects: np.ndarray  # diaObjectIds, sorted, unique
+    object_chunks: np.ndarray  # each object's smallest version chunk
+
+    @staticmethod
+    def of(found: pa.Table) -> FoundTargets:
+        table = found["table"]
+        k0 = found["k0"].to_numpy()
+
+        def rows(name: str) -> np.ndarray:
+            return np.flatnonzero(pc.equal(table, name).to_numpy(zero_copy_only=False))
+
+        forced = rows("DiaForcedSource")
+        keys = pd.DataFrame({"diaObjectId": k0[forced], "visit": found["k1"].to_numpy()[forced],
+                             "detector": found["k2"].to_numpy()[forced]}).drop_duplicates()
+        objects = rows("DiaObject")
+        ids, chunks = k0[objects], found["chunk"].to_numpy()[objects]
+        order = np.lexsort((chunks, ids))  # by object, smallest chunk first
+        ids, chunks = ids[order], chunks[order]
+        first = np.flatnonzero(np.r_[True, ids[1:] != ids[:-1]]) if len(ids) else np.empty(0, np.int64)
+        return FoundTargets(np.unique(k0[rows("DiaSource")]), pd.MultiIndex.from_frame(keys), ids[first],
+                            chunks[first])
+
+
+def _sorted_hits(sorted_keys: np.ndarray, keys: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Whether each of ``keys`` is in ``sorted_keys``, and where."""
+    at = np.minimum(np.searchsorted(sorted_keys, keys), max(0, len(sorted_keys) - 1))
+    hit = (sorted_keys[at] == keys) if len(sorted_keys) else np.zeros(len(keys), dtype=bool)
+    return hit, at
+
+
+def statuses(records: pa.Table, found: pa.Table | FoundTargets) -> np.ndarray:
     """Per record: ``applied`` (target found), ``pending`` (target not ingested yet) or ``superseded`` (a DiaObject
-    record whose object has only versions from later chunks). ``found``: :data:`FOUND_SCHEMA` rows, from any
-    number of jobs (an object found in several keeps its smallest version chunk)."""
-    key = ["table", "k0", "k1", "k2"]
+    record whose object has only versions from later chunks)."""
+    found = found if isinstance(found, FoundTargets) else FoundTargets.of(found)
     targets = record_targets(records)
-    earliest = found.to_pandas().groupby(key, as_index=False, sort=False)["chunk"].min()
-    hit = targets.merge(earliest, on=key, how="left")  # left order kept, one row per record
-    is_found = hit["chunk"].notna().to_numpy()
-    version = hit["chunk"].fillna(-1).to_numpy(np.int64)
-    superseded = is_found & (targets["table"] == "DiaObject").to_numpy() & (
-        version > records["apdb_replica_chunk"].to_numpy(zero_copy_only=False))
+    table, k0 = targets["table"].to_numpy(), targets["k0"].to_numpy(np.int64)
     out = np.full(len(targets), PENDING, dtype=object)
-    out[is_found] = APPLIED
-    out[superseded] = SUPERSEDED
+    sources = np.flatnonzero(table == "DiaSource")
+    hit, _ = _sorted_hits(found.sources, k0[sources])
+    out[sources[hit]] = APPLIED
+    forced = np.flatnonzero(table == "DiaForcedSource")
+    if len(forced):
+        keys = pd.MultiIndex.from_arrays([k0[forced], targets["k1"].to_numpy(np.int64)[forced],
+                                          targets["k2"].to_numpy(np.int64)[forced]])
+        out[forced[found.forced.get_indexer(keys) >= 0]] = APPLIED
+    objects = np.flatnonzero(table == "DiaObject")
+    hit, at = _sorted_hits(found.objects, k0[objects])
+    chunk = records["apdb_replica_chunk"].to_numpy(zero_copy_only=False)[objects]
+    later = hit & (found.object_chunks[at] > chunk if len(found.objects) else False)
+    out[objects[hit]] = APPLIED
+    out[objects[later]] = SUPERSEDED
     return out
 
 
 def counts_by_type(records: pa.Table, mask: np.ndarray | None = None) -> dict[str, int]:
-    types = records["update_type"].to_numpy(zero_copy_only=False)
+    types = records["update_type"]
     if mask is not None:
-        types = types[mask]
-    names, counts = np.unique(types, return_counts=True)
-    return {str(n): int(c) for n, c in zip(names, counts, strict=True)}
+        types = types.filter(pa.array(mask, pa.bool_()))
+    counts = pc.value_counts(types.combine_chunks() if isinstance(types, pa.ChunkedArray) else types)
+    pairs = zip(counts.field("values").to_pylist(), counts.field("counts").to_pylist(), strict=True)
+    return dict(sorted((str(name), int(n)) for name, n in pairs))
