@@ -108,8 +108,8 @@ def test_memory_requests_grow_with_the_rows_of_a_job() -> None:
     assert sizing.STAGE.request_mb(1_000_000) == 1500  # (180 + 720 + 250) x 1.25 = 1437.5
     assert sizing.INGEST.request_mb(3_600_000) == 3900  # (350 + 2520 + 250) x 1.25 = 3900
     assert sizing.STAGE.request_mb(500_000) < sizing.STAGE.request_mb(1_000_000)
-    # a night's update records: 325,596 records peaked at 550 MB -> (150 + 407 + 250) x 1.25 = 1008.75
-    assert sizing.STAGE_UPDATES.request_mb(0) == 500 and sizing.STAGE_UPDATES.request_mb(325_596) == 1100
+    # a night's update records, staged a slice at a time: 1.6 M records peaked at 358 MB -> (250 + 160 + 250) x 1.25
+    assert sizing.STAGE_UPDATES.request_mb(0) == 700 and sizing.STAGE_UPDATES.request_mb(1_600_000) == 900
 
 
 def test_update_staging_is_sized_by_the_records(demo_export: Path, tmp_path: Path) -> None:

@@ -302,3 +302,32 @@ def test_statuses_from_found_tables_of_several_jobs():
             expected.append("pending" if not versions else "superseded" if min(versions) > chunk[i] else "applied")
     assert status.tolist() == expected
     assert {"applied", "pending", "superseded"} <= set(expected)
+
+
+def test_update_records_staged_a_slice_at_a_time_in_ppdb_order(tmp_path, monkeypatch):
+    """Staging streams records that are in order in their files (slices of ``PARSE_RECORDS``) and orders them in
+    memory otherwise: either way the staged file is every record of the night's chunks, normalized, in PPDB order."""
+    from ppdb_lc import stage
+    from ppdb_lc.chunks import Chunk
+
+    def chunk(chunk_id: int, rows: list[tuple[int, int, str]]) -> Chunk:
+        directory = tmp_path / str(chunk_id)
+        directory.mkdir()
+        pq.write_table(transport(rows, chunk=chunk_id), directory / "updates.parquet")
+        return Chunk(chunk_id=chunk_id, night="2026-11-21", directory=directory, manifest=directory / "m.json",
+                     unique_id=str(chunk_id), row_counts={}, updates=directory / "updates.parquet")
+
+    records = [(T0 + i, i % 3, payload("update_n_dia_sources", diaObjectId=i, nDiaSources=i)) for i in range(10)]
+    in_order = [chunk(1614600100, records[5:]), chunk(1614600000, records[:5])]  # files in order, listed out of it
+    shuffled = [chunk(1614600200, records[::-1])]
+    monkeypatch.setattr(updates, "PARSE_RECORDS", 3)
+    for chunks, streamed in ((in_order, True), (in_order + shuffled, False)):
+        expected = updates.in_order(pa.concat_tables([updates.read_update_file(c.updates) for c in chunks]))
+        keys = [t for c in sorted(chunks, key=lambda c: c.chunk_id)
+                for t in updates.iter_update_file(c.updates, c.updates.read_bytes(), updates.ORDER_COLUMNS)]
+        assert updates.in_order_already(keys) is streamed
+        out = tmp_path / f"staged-{streamed}"
+        summary = stage.stage_dataset(chunks, stage.UPDATES, out)
+        staged = pq.read_table(stage.staged_file(out, "2026-11-21"))
+        assert staged.equals(expected) and summary["2026-11-21"]["records"] == expected.num_rows
+    assert staged.num_rows == 20 and staged["apdb_replica_chunk"].to_pylist()[-10:] == [1614600200] * 10

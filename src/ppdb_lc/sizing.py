@@ -36,9 +36,10 @@ class MemoryModel:
 #: of nights of 1.1, 4.3 and 17 M rows (benchmarks/results/2026-12-04_stage-scaling_0.25-1-4M-sources.txt): DiaSource
 #: 150 MB + 710 MB, DiaObject 172 + 620, DiaForcedSource 161 + 333 per million rows.
 STAGE = MemoryModel(base_mb=180, per_million_mb=720)
-#: Staging a night's update records (one job: the records parsed and checked), per million records: 146 MB with none,
-#: 550 MB with 325,596 (benchmarks/ingest_scaling.py, 217,000 objects).
-STAGE_UPDATES = MemoryModel(base_mb=150, per_million_mb=1250)
+#: Staging a night's update records (one job), per million records. Parsed whole it took 146 MB with none and 550 MB
+#: with 325,596 (~1.25 KB a record); parsed and written a slice at a time (fourth session): 242 / 284 / 358 MB with
+#: 0.1 / 0.4 / 1.6 M records in one chunk (benchmarks/stage_updates.py), what grows is one file's bytes at a time.
+STAGE_UPDATES = MemoryModel(base_mb=250, per_million_mb=100)
 #: Ingesting one night (build + commit in one job, the whole night): 1029 MB at 1.07 M rows, 3084 MB at 4.28 M
 #: (same benchmark): ~350 MB + 640 MB per million input rows of the three tables.
 INGEST = MemoryModel(base_mb=350, per_million_mb=700)
@@ -51,11 +52,11 @@ BOOTSTRAP = MemoryModel(base_mb=350, per_million_mb=1080)
 #: 2026-12-04_ingest-scaling-streaming_0.25-1-4M-sources.txt): shards 533 / 692 / 744, writers 436 / 497 / 687 MB.
 SHARD = MemoryModel(base_mb=450, per_million_mb=700)
 #: The changes job, per million update records of the night. It streams committed files a window of points at a
-#: time and revises the sky a region at a time (fourth session), so what grows is the records (read whole), a key per
-#: record and the targets found: 474 / 733 / 887 / 1401 MB with 0 / 0.11 / 0.44 / 1.76 M records on the 17.1 M-row
-#: night (benchmarks/changes_records.py; it was 449 / 530 / 758 MB with 20 k / 80.5 k / 325.6 k records before the
-#: regions, ~1 KB a record). Records still pending from earlier nights add to the count (not known at plan time).
-CHANGES = MemoryModel(base_mb=700, per_million_mb=420)
+#: time, revises the sky a region at a time and reads the records from a file in batches (fourth session): 415 / 699
+#: / 730 / 873 MB with 0 / 0.11 / 0.44 / 1.76 M records on the 17.1 M-row night (benchmarks/changes_records.py;
+#: before: 790 / 914 / 2170 MB at 0.11 / 0.44 / 1.76 M). What grows is a key per record (routing) and the targets
+#: found. Records still pending from earlier nights add to the count (not known at plan time).
+CHANGES = MemoryModel(base_mb=700, per_million_mb=120)
 #: The commit of a sharded night, per million rows of the night: 319 / 356 / 517 MB (summaries, skymap histogram).
 COMMIT = MemoryModel(base_mb=320, per_million_mb=12)
 #: One shard of the incremental weekly (``compact_pixels``): a compaction of its files, like bootstrap's fold, so the

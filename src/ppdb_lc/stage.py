@@ -3,8 +3,9 @@ rows, postprocess; one file per night. Update records are staged the same way, n
 
 from __future__ import annotations
 
+import collections
 import logging
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -50,10 +51,50 @@ def read_updates(chunks: Sequence[Chunk]) -> pa.Table:
         if chunk.updates is None:
             continue
         records = updates.read_update_file(chunk.updates, read_verified(chunk, chunk.updates))
-        if chunk.update_count is not None and chunk.updates.suffix == ".json" and records.num_rows != chunk.update_count:
-            raise InvalidChunkError(f"{chunk.updates}: {records.num_rows} records, manifest says {chunk.update_count}")
+        _check_update_count(chunk, records.num_rows)
         tables.append(records)
     return updates.in_order(pa.concat_tables(tables)) if tables else updates.empty_records()
+
+
+def _stage_updates(chunks: Sequence[Chunk], path: Path) -> dict[str, int]:
+    """Write the update records of ``chunks`` to ``path``, normalized, checked and in PPDB order; their count by
+    type. Records already in order in their files (as the export writes them) are parsed and written a slice at a
+    time (:data:`updates.PARSE_RECORDS`), so memory is a slice's, not the night's; otherwise they are ordered in
+    memory (:func:`read_updates`)."""
+    ordered = sorted((c for c in chunks if c.updates is not None), key=lambda c: c.chunk_id)
+
+    def order_keys() -> Iterator[pa.Table]:  # one file's bytes at a time (each read again to be parsed)
+        for chunk in ordered:
+            yield from updates.iter_update_file(chunk.updates, read_verified(chunk, chunk.updates),
+                                                updates.ORDER_COLUMNS)
+
+    try:
+        in_order = updates.in_order_already(order_keys())
+    except (TypeError, ValueError, pa.ArrowException):
+        in_order = False  # malformed order columns: parsing in memory reports them, naming the record
+    tmp = path.with_suffix(".tmp")
+    counts: collections.Counter = collections.Counter()
+    with pq.ParquetWriter(tmp, updates.RECORD_SCHEMA, compression="zstd") as writer:
+        if in_order:
+            for chunk in ordered:
+                n = 0
+                for records in updates.iter_update_file(chunk.updates, read_verified(chunk, chunk.updates)):
+                    writer.write_table(records)
+                    counts.update(updates.counts_by_type(records))
+                    n += records.num_rows
+                _check_update_count(chunk, n)
+        else:
+            log.info("update records of %s not in order in their files: ordered in memory", path.stem)
+            records = read_updates(ordered)
+            writer.write_table(records)
+            counts.update(updates.counts_by_type(records))
+    tmp.rename(path)
+    return dict(sorted(counts.items()))
+
+
+def _check_update_count(chunk: Chunk, records: int) -> None:
+    if chunk.update_count is not None and chunk.updates.suffix == ".json" and records != chunk.update_count:
+        raise InvalidChunkError(f"{chunk.updates}: {records} records, manifest says {chunk.update_count}")
 
 
 def staged_file(out_dir: Path, night: str) -> Path:
@@ -129,11 +170,10 @@ def stage_dataset(
     for night in sorted({c.night for c in chunks}):
         night_chunks = [c for c in chunks if c.night == night]
         if dataset == UPDATES:
-            records = read_updates(night_chunks)
-            _write(records, out_dir, night)
-            summary[night] = {"records": records.num_rows, "chunks": sum(c.has_updates for c in night_chunks)}
-            log.info("update records %s: %d records from %d chunks %s", night, records.num_rows,
-                     summary[night]["chunks"], updates.counts_by_type(records))
+            counts = _stage_updates(night_chunks, staged_file(out_dir, night))
+            summary[night] = {"records": sum(counts.values()), "chunks": sum(c.has_updates for c in night_chunks)}
+            log.info("update records %s: %d records from %d chunks %s", night, summary[night]["records"],
+                     summary[night]["chunks"], counts)
             continue
         raw = read_dataset(night_chunks, dataset)
         unique = postprocess.first_copies(raw, dataset)

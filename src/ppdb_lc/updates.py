@@ -202,6 +202,50 @@ def read_update_file(path: Path, data: bytes | None = None) -> pa.Table:
     return parse_records(_raw_rows(Path(path), data), str(path))
 
 
+def iter_update_file(path: Path, data: bytes, columns: Sequence[str] | None = None) -> Iterator[pa.Table]:
+    """The records of one update file, :data:`PARSE_RECORDS` at a time: normalized, or with ``columns`` the raw
+    transport columns only (a parquet file is read a batch at a time; the early JSON form is small, read whole)."""
+    path = Path(path)
+    if path.suffix == ".json":
+        raw = _raw_rows(path, data)
+        for start in range(0, raw.num_rows, PARSE_RECORDS):
+            part = raw.slice(start, PARSE_RECORDS)
+            yield part.select(list(columns)) if columns else _parse_slice(part, str(path), start)
+        return
+    try:
+        handle = pq.ParquetFile(pa.BufferReader(data))
+    except Exception as err:  # pyarrow raises several types for corrupt files
+        raise BadUpdateError(f"{path}: unreadable parquet ({err})") from err
+    missing = [c for c in (*ORDER_COLUMNS, "json_payload") if c not in handle.schema_arrow.names]
+    if missing:
+        raise BadUpdateError(f"{path}: missing column(s) {', '.join(missing)}")
+    start = 0
+    for batch in handle.iter_batches(batch_size=PARSE_RECORDS, columns=list(columns) if columns else None):
+        part = pa.Table.from_batches([batch])
+        yield part if columns else _parse_slice(part, str(path), start)
+        start += part.num_rows
+
+
+def in_order_already(keys: Iterable[pa.Table]) -> bool:
+    """Whether tables of :data:`ORDER_COLUMNS`, one after the other, are in the PPDB's order (non-decreasing; ties
+    keep their place, as the stable sort of :func:`in_order` does)."""
+    last: tuple | None = None
+    for table in keys:
+        if not table.num_rows:
+            continue
+        columns = [table[name].to_numpy(zero_copy_only=False) for name in ORDER_COLUMNS]
+        if any(np.any(pd.isna(c)) for c in columns):
+            return False  # parsing rejects null order columns: let it report them
+        order = np.lexsort(columns[::-1])
+        if np.any(order != np.arange(len(order))):
+            return False
+        first = tuple(int(c[0]) for c in columns)
+        if last is not None and first < last:
+            return False
+        last = tuple(int(c[-1]) for c in columns)
+    return True
+
+
 def record_batches(path: Path, size: int) -> Iterator[pa.Table]:
     """The records of a file written with :data:`RECORD_SCHEMA`, ``size`` at a time, in file order."""
     handle = pq.ParquetFile(path)
