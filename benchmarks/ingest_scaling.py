@@ -34,7 +34,7 @@ CPU = re.compile(r"job done: .*, CPU ([0-9.]+) s")
 MEM = re.compile(r"mem_mb=(\d+)")
 SMALL_NIGHT = "2026-11-19"
 NIGHTS = ("2026-11-20", "2026-11-21")
-RULES = ("stage_dataset", "ingest_changes", "ingest_shard", "ingest_write", "ingest_batch")
+RULES = ("stage_dataset", "ingest_changes", "ingest_shard", "ingest_pixels", "ingest_write", "ingest_batch")
 
 
 def _merge(source: Path, target: Path) -> None:

@@ -93,6 +93,11 @@ def changes_mem_mb(wildcards):
     return sizing.CHANGES.request_mb(sum(chunk.update_records() for chunk in batch_of(wildcards.batch).chunks))
 
 
+def pixels_mem_mb(wildcards):
+    """The pixels job: the shards' histograms and summaries, like the commit (sizing.COMMIT)."""
+    return sizing.COMMIT.request_mb(night_rows(wildcards.batch))
+
+
 def shard_mem_mb(wildcards):
     """A shard or writer job: its share of the night's rows."""
     return sizing.SHARD.request_mb(night_rows(wildcards.batch) / ingest_shards(wildcards.batch))
@@ -134,6 +139,7 @@ def ingest_input(wildcards):
     return {"writers": [os.path.join(build, "writers", f"{j:04d}", "summary.json")
                         for j in range(ingest_shards(wildcards.batch))],
             "changes": os.path.join(build, "changes", "summary.json"),
+            "pixels": os.path.join(build, "pixels", "plan.json"),
             "shards": shard_summaries(wildcards.batch, wildcards.run)}
 
 

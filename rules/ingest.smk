@@ -1,8 +1,9 @@
 # Stage 2 - ingest one night: build its files against the published collection, then commit them.
 #   build (ppdb_lc.shards): changes (update records + re-emitted rows against the collection, one job), shards
-#          (light curves nested per group of objects, N jobs), writers (one dated file per touched pixel, margin and
-#          index rows, per group of pixels, N jobs); N = ceil(night's rows / sharding.rows_per_ingest_job), shown
-#          by `-n`. A night with N = 1 is built inside the commit job (one process, the libraries imported once).
+#          (light curves nested per group of objects, N jobs), pixels (the night's partitioning from the shards'
+#          histograms, one light job), writers (one dated file per touched pixel, margin and index rows, per group
+#          of pixels, N jobs); N = ceil(night's rows / sharding.rows_per_ingest_job), shown by `-n`. A night with
+#          N = 1 is built inside the commit job (one process, the libraries imported once).
 #   commit: a new collection version (hard links + the night's files + updated metadata and ledger), validated,
 #          then published by one atomic switch of the top-level collection.properties.
 
@@ -57,9 +58,33 @@ rule ingest_shard:
         "../scripts/ingest_step.py"
 
 
-rule ingest_write:
+rule ingest_pixels:
     input:
         shards=lambda wc: shard_summaries(wc.batch, wc.run),
+    output:
+        temp(work("batches", "{batch}", "build", "{run}", "pixels", "plan.json")),
+    params:
+        night=lambda wc: batch_of(wc.batch).night,
+        staged={},
+        build=lambda wc: build_dir(wc.batch, wc.run),
+        shards=lambda wc: ingest_shards(wc.batch),
+    log:
+        work("logs", "ingest_pixels", "{run}", "{batch}.log"),
+    benchmark:
+        work("benchmarks", "ingest_pixels", "{run}", "{batch}.tsv")
+    threads: 1
+    resources:
+        mem_mb=pixels_mem_mb,
+        runtime=10,
+    conda:
+        "../envs/ppdb_lc.yaml"
+    script:
+        "../scripts/ingest_step.py"
+
+
+rule ingest_write:
+    input:
+        pixels=work("batches", "{batch}", "build", "{run}", "pixels", "plan.json"),
     output:
         temp(work("batches", "{batch}", "build", "{run}", "writers", "{writer}", "summary.json")),
     params:

@@ -1,4 +1,4 @@
-"""Snakemake adapter: one job of a sharded night's build (rule ingest_changes, ingest_shard or ingest_write)."""
+"""Snakemake adapter: one job of a sharded night's build (rule ingest_changes, ingest_shard, ingest_pixels or ingest_write)."""
 
 import sys
 from pathlib import Path
@@ -8,7 +8,8 @@ sys.path.insert(0, str(Path(snakemake.scriptdir).parent / "src"))  # noqa: F821
 
 from ppdb_lc import jobs  # noqa: E402
 
-STEPS = {"ingest_changes": ("changes", None), "ingest_shard": ("shard", "shard"), "ingest_write": ("write", "writer")}
+STEPS = {"ingest_changes": ("changes", None), "ingest_shard": ("shard", "shard"), "ingest_pixels": ("pixels", None),
+         "ingest_write": ("write", "writer")}
 
 if __name__ == "__main__":
     step, wildcard = STEPS[snakemake.rule]  # noqa: F821

@@ -134,8 +134,9 @@ def _expected_jobs(ppdb: Path) -> tuple[collections.Counter, dict[str, set[str]]
         if shards == 1:
             mem["ingest_batch"].add(f"{sizing.INGEST.request_mb(rows)}M")
             continue
-        counts.update(ingest_changes=1, ingest_shard=shards, ingest_write=shards)
+        counts.update(ingest_changes=1, ingest_shard=shards, ingest_pixels=1, ingest_write=shards)
         mem["ingest_batch"].add(f"{sizing.COMMIT.request_mb(rows)}M")
+        mem["ingest_pixels"].add(f"{sizing.COMMIT.request_mb(rows)}M")
         mem["ingest_changes"].add(f"{sizing.CHANGES.request_mb(sum(c.update_records() for c in batch.chunks))}M")
         for rule in ("ingest_shard", "ingest_write"):
             mem[rule].add(f"{sizing.SHARD.request_mb(rows / shards)}M")

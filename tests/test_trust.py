@@ -277,6 +277,7 @@ CRASH_POINTS = [
     ("daily", "ingest_batch"),
     ("daily", "ingest_shard"),
     ("daily", "shard:written"),
+    ("daily", "ingest_pixels"),
     ("daily", "ingest_write"),
     ("daily", "commit:written"),
     ("daily", "publish:renamed"),
@@ -289,7 +290,7 @@ CRASH_POINTS = [
 ]
 
 
-SHARD_POINTS = {"ingest_shard", "shard:written", "ingest_write"}
+SHARD_POINTS = {"ingest_shard", "shard:written", "ingest_pixels", "ingest_write"}
 
 
 @pytest.fixture(scope="module")

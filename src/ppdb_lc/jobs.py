@@ -156,8 +156,8 @@ def ingest_batch(name: str, night: str, manifests: Sequence[str], staged: dict[s
 
 def ingest_step(step: str, name: str, night: str, staged: dict[str, list[str]], build_dir: str, index: int,
                 shards: int, config: dict[str, Any], log: str) -> None:
-    """One job of a sharded night's build (rule ``ingest_<step>``): ``changes``, ``shard`` ``index`` or ``write``
-    (writer ``index``) of ``shards``."""
+    """One job of a sharded night's build (rule ``ingest_<step>``): ``changes``, ``shard`` ``index``, ``pixels`` or
+    ``write`` (writer ``index``) of ``shards``."""
     from ppdb_lc import shards as sharded
 
     with job_log(log):
@@ -170,6 +170,8 @@ def ingest_step(step: str, name: str, night: str, staged: dict[str, list[str]], 
             sharded.build_changes(batch, paths, layout, settings, shards)
         elif step == "shard":
             sharded.build_shard(batch, paths, layout, settings, index, shards)
+        elif step == "pixels":
+            sharded.plan_pixels(batch, layout, settings)
         elif step == "write":
             sharded.build_writer(batch, layout, settings, index, shards)
         else:

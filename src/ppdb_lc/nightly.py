@@ -64,6 +64,7 @@ def build_batch(batch: Batch, staged: dict[str, list[Path]], out_dir: Path, sett
     out_dir.mkdir(parents=True)
     shards.build_changes(batch, staged, layout, settings, 1)
     shards.build_shard(batch, staged, layout, settings, 0, 1)
+    shards.plan_pixels(batch, layout, settings)
     shards.build_writer(batch, layout, settings, 0, 1)
     return shards.assemble(batch, layout, settings, 1, started)
 

@@ -35,6 +35,7 @@ _RULE_COLORS = {
     "stage_dataset DiaForcedSource": "#08519c",
     "ingest_changes": "#fdae6b",
     "ingest_shard": "#fd8d3c",
+    "ingest_pixels": "#fdd0a2",
     "ingest_write": "#f16913",
     "ingest_batch": "#e6550d",
     "bootstrap_collection": "#31a354",

@@ -34,7 +34,8 @@ from ppdb_lc.versions import CollectionStateError, VersionedCollection
 log = logging.getLogger(__name__)
 
 #: rules whose jobs write the collection or the work directory's batch state: a run with one of them takes the lock
-WRITING_RULES = frozenset({"stage_dataset", "ingest_changes", "ingest_shard", "ingest_write", "ingest_batch",
+WRITING_RULES = frozenset({"stage_dataset", "ingest_changes", "ingest_shard", "ingest_pixels", "ingest_write",
+                           "ingest_batch",
                            "bootstrap_collection", "compact_collection", "plan_weekly", "compact_pixels"})
 
 

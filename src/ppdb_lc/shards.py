@@ -150,6 +150,11 @@ class Layout:
         """The points moved out of committed rows to objects of shard ``k`` (flat DiaSource rows)."""
         return self.changes / "moved" / f"{k:04d}.arrow"
 
+    @property
+    def pixels(self) -> Path:
+        """The night's partitioning (:func:`plan_pixels`), read by every writer and by the commit."""
+        return self.build / "pixels" / "plan.json"
+
     def writer(self, j: int) -> Path:
         return self.build / "writers" / f"{j:04d}"
 
@@ -592,6 +597,38 @@ class NightPixels:
         return np.minimum(before * writers // total, writers - 1).astype(np.int64)
 
 
+    def to_json(self) -> dict:
+        return {"pixels": [_pixel_key(p) for p in self.pixels], "created": [_pixel_key(p) for p in self.created],
+                "rows_per_pixel": self.rows_per_pixel.tolist(), "margin_order": self.margin_order}
+
+    @staticmethod
+    def from_json(data: dict) -> NightPixels:
+        return NightPixels([HealpixPixel(o, p) for o, p in data["pixels"]],
+                           [HealpixPixel(o, p) for o, p in data["created"]],
+                           np.asarray(data["rows_per_pixel"], dtype=np.int64), int(data["margin_order"]))
+
+
+def plan_pixels(batch: Batch, layout: Layout, settings: Settings) -> dict:
+    """Step 2½ (one light job between the shards and the writers): the night's pixels from the shards' histograms
+    (:func:`night_pixels`) and the points per catalog row, written once for every writer and the commit, so no job
+    reads the outputs of all the others but this one (S writers reading S shards' outputs each were S² reads, and as
+    many dependencies in the workflow's graph)."""
+    changes = json.loads((layout.changes / "summary.json").read_text())
+    base = published(settings)
+    _check_base(base, changes["base_version"], f"night {batch.name}")
+    shards = int(changes["shards"])
+    nested = [json.loads((layout.shard(k) / "summary.json").read_text()) for k in range(shards)]
+    night = night_pixels(layout, shards, settings, base)
+    plan = {"base_version": base.name, **night.to_json(),
+            "points_per_row": max(1.0, sum(s["sources"] + s["forced_sources"] for s in nested) / max(1, sum(
+                s["rows"] for s in nested)))}
+    layout.pixels.parent.mkdir(parents=True, exist_ok=True)
+    _write_json(layout.pixels, plan)
+    log.info("pixels of %s: %d (%d created) for %d rows", batch.name, len(night.pixels), len(night.created),
+             int(night.rows_per_pixel.sum()))
+    return plan
+
+
 def _sparse_histogram(cells: np.ndarray) -> np.ndarray:
     """``[cells, counts]`` of the rows' cells (int64, 2 x n)."""
     values, counts = np.unique(cells, return_counts=True)
@@ -663,12 +700,11 @@ def build_writer(batch: Batch, layout: Layout, settings: Settings, writer: int, 
     schema = lightcurves.catalog_schema(settings.keep_float64)
     base_catalog = base / names.catalog
     existing = partitioning.sorted_pixels(PartitionInfo.read_from_dir(base_catalog).get_healpix_pixels())
-    night = night_pixels(layout, shards, settings, base)
+    plan = json.loads(layout.pixels.read_text())
+    night = NightPixels.from_json(plan)
     pixels, morder = night.pixels, night.margin_order
     mine = np.flatnonzero(night.groups(writers) == writer)
-    nested = [json.loads((layout.shard(k) / "summary.json").read_text()) for k in range(shards)]
-    points_per_row = max(1.0, sum(s["sources"] + s["forced_sources"] for s in nested) / max(1, sum(
-        s["rows"] for s in nested)))
+    points_per_row = float(plan["points_per_row"])
     window_rows = max(100, int(window_points(settings) / points_per_row))
     shift = 2 * (29 - morder)
     border = _near(np.unique(np.concatenate(
@@ -839,7 +875,7 @@ def assemble(batch: Batch, layout: Layout, settings: Settings, writers: int, sta
     _check_base(base, changes["base_version"], f"night {batch.name}")
     shard_sums = [json.loads((layout.shard(k) / "summary.json").read_text()) for k in range(shards)]
     writer_sums = [json.loads((layout.writer(j) / "summary.json").read_text()) for j in range(writers)]
-    night = night_pixels(layout, shards, settings, base)
+    night = NightPixels.from_json(json.loads(layout.pixels.read_text()))
 
     jobs = (layout.changes, *(layout.shard(k) for k in range(shards)))
     found = updates.FoundTargets.of(pa.concat_tables([pq.read_table(job / FOUND_FILE) for job in jobs]))
