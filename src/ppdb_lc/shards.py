@@ -415,7 +415,7 @@ def build_changes(batch: Batch, staged: dict[str, list[Path]], layout: Layout, s
             out_catalog=out / "rewrite" / "catalog", out_margin=out / "rewrite" / "margin",
             out_moved=out / "moved_sources.arrow", schema=schema,
             margin_schema=pq.read_schema(Path(paths.get_common_metadata_pointer(base / names.margin).path)),
-            points_per_part=window_points(settings),
+            points_per_part=window,
         )
     # records that changed a replaced committed copy apply again to the night's (earlier) copy
     history = updates.empty_records()
@@ -426,6 +426,7 @@ def build_changes(batch: Batch, staged: dict[str, list[Path]], layout: Layout, s
         yield from updates.record_batches(all_records, window)
         if history.num_rows:
             yield history
+
     pq.write_table(pa.Table.from_pandas(losers, preserve_index=False), out / "cross_part_losers.parquet")
     pq.write_table(pa.table({"diaSourceId": pa.array(sorted(revision.kept_sources), pa.int64())}),
                    out / "kept_sources.parquet")
