@@ -108,12 +108,6 @@ def candidate_slots(ra: np.ndarray, dec: np.ndarray, pixels: Sequence[HealpixPix
     return np.concatenate(positions), np.concatenate(slots)
 
 
-def candidate_pixels(ra: np.ndarray, dec: np.ndarray, pixels: Sequence[HealpixPixel], order: int
-                     ) -> set[HealpixPixel]:
-    """Pixels that may hold a row within the margin of each position (:func:`candidate_slots`)."""
-    return {pixels[int(s)] for s in np.unique(candidate_slots(ra, dec, pixels, order)[1])}
-
-
 _TABLE_CODES = {"DiaSource": 0, "DiaForcedSource": 1, "DiaObject": 2}
 
 

@@ -1,24 +1,26 @@
-"""The nightly build split into jobs of bounded memory: changes, object shards, pixel writers.
+"""The nightly build split into jobs of bounded memory: changes, object shards, pixels, pixel writers.
 
-A night's rows are too many for one job at Rubin scale, so the build (:mod:`ppdb_lc.nightly`) runs in three
+A night's rows are too many for one job at Rubin scale, so the build (:mod:`ppdb_lc.nightly`) runs in four
 steps, each a set of independent jobs whose memory is set by ``sharding.rows_per_ingest_job``:
 
-1. **changes** (one job): the update records (the night's and the pending ones) and the re-emitted rows whose
-   targets are already committed, resolved against the published collection by a copy-on-write revision
-   (:func:`ppdb_lc.revise.revise`); the DiaSource copies re-emitted under another ``diaObjectId`` in another
-   staging part (the only re-emitted copies two shards could both hold); the night's rows that update records
-   reassign to another object (they change shard). Reads key columns of the night, full rows of the targets only.
+1. **changes** (one job): the update records (the night's and the pending ones, read from a file in batches) and
+   the re-emitted rows whose targets are already committed, resolved against the published collection by a
+   copy-on-write revision, a sky region at a time (:func:`ppdb_lc.revise.revise`); the DiaSource copies re-emitted
+   under another ``diaObjectId`` in another staging part (the only re-emitted copies two shards could both hold);
+   the night's rows that update records reassign to another object (they change shard); each shard's share of the
+   records. Reads key columns of the night, full rows of the targets only.
 2. **shards** (``N`` jobs): shard ``k`` takes the rows whose object hashes to ``k`` (:func:`stage.shard_of`; a source by
    its object after the records are applied, so a reassigned point goes to its new object's shard), resolves
    re-emitted copies and object versions, applies the records and nests the light curves
    (:func:`ppdb_lc.lightcurves.nest_batch`). Every row of an object is in its shard, so nesting, orphan
    positions and latest versions are exactly those of the whole night. Output: the shard's catalog rows sorted by
    ``_healpix_29``, their histogram and that of its rows outside the published coverage, what the records found.
-3. **writers** (``N`` jobs): every writer computes the night's pixels from the shards' small outputs (new pixels
-   from the summed histograms of uncovered rows, with hats' alignment, exactly as one job would), splits them into
-   ``N`` groups of consecutive pixels with equal row counts, and writes its group: one dated file per pixel, the
-   margin files of its pixels (border rows read from every shard by ``_healpix_29`` range), the margin backfill of
-   the pixels it creates, and its index rows.
+3. **pixels** (one light job, :func:`plan_pixels`): the night's pixels from the shards' histograms (new pixels from
+   the summed histograms of uncovered rows, with hats' alignment, exactly as one job would), split into ``N``
+   groups of consecutive pixels with equal row counts.
+4. **writers** (``N`` jobs): each writes its group: one dated file per pixel, the margin files of its pixels (border
+   rows read from every shard by ``_healpix_29`` range), the margin backfill of the pixels it creates, and its
+   index rows.
 
 The light commit (:func:`ppdb_lc.nightly.commit_batch`) then gathers the summaries (:func:`assemble`). One shard
 and one writer in one process is the unsharded build, so there is one code path: the sharded result equals it
@@ -620,7 +622,7 @@ def plan_pixels(batch: Batch, layout: Layout, settings: Settings) -> dict:
     shards = int(changes["shards"])
     nested = [json.loads((layout.shard(k) / "summary.json").read_text()) for k in range(shards)]
     night = night_pixels(layout, shards, settings, base)
-    plan = {"base_version": base.name, **night.to_json(),
+    plan = {**night.to_json(),
             "points_per_row": max(1.0, sum(s["sources"] + s["forced_sources"] for s in nested) / max(1, sum(
                 s["rows"] for s in nested)))}
     layout.pixels.parent.mkdir(parents=True, exist_ok=True)
@@ -853,14 +855,14 @@ def _record_statuses(records_file: Path, found: updates.FoundTargets, pending_be
     with pq.ParquetWriter(log_tmp, log_schema, compression="zstd") as log_writer:
         for records in updates.record_batches(records_file, batch):
             status = updates.statuses(records, found)
-            night = max(0, pending_before - position)  # the first of this batch's rows that is the night's
+            first_of_night = max(0, pending_before - position)  # this batch's first row that is the night's
             position += records.num_rows
             for name in (updates.APPLIED, updates.SUPERSEDED, updates.PENDING):
                 tally[name].update(updates.counts_by_type(records, status == name))
-            tally["received"].update(updates.counts_by_type(records.slice(night)))
-            if night < records.num_rows:
-                log_writer.write_table(records.slice(night).append_column(
-                    "status", pa.array(status[night:].tolist(), pa.string())))
+            tally["received"].update(updates.counts_by_type(records.slice(first_of_night)))
+            if first_of_night < records.num_rows:
+                log_writer.write_table(records.slice(first_of_night).append_column(
+                    "status", pa.array(status[first_of_night:].tolist(), pa.string())))
             still_pending.append(records.filter(pa.array(status == updates.PENDING)))
     os.replace(log_tmp, build / "updates.parquet")
     write_records(build / "pending_updates.parquet", updates.in_order(pa.concat_tables(still_pending)))

@@ -492,7 +492,8 @@ def record_targets(records: pa.Table) -> pd.DataFrame:
     tables = np.array([RECORD_TYPES[kind].table for kind in kinds], dtype=object)  # three shared strings
     kind = pc.fill_null(pc.index_in(records["update_type"], value_set=pa.array(kinds)), -1).to_numpy()
     if (kind < 0).any():
-        raise BadUpdateError(f"unknown update_type in staged records: {set(records['update_type'].to_pylist()) - set(kinds)}")
+        unknown = set(records["update_type"].to_pylist()) - set(kinds)
+        raise BadUpdateError(f"unknown update_type in staged records: {unknown}")
     table = pd.Series(tables[kind])
     is_source = (table == "DiaSource").to_numpy()
     return pd.DataFrame({
